@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from asr.formats import FORMATS
+from asr.models import Transcription
+
+
+class TranscriptionCreateSerializer(serializers.Serializer):
+    file = serializers.FileField(
+        allow_empty_file=True,
+        help_text="The audio: WAV, FLAC, MP3, OGG (Opus/Vorbis), M4A/AAC, WebM or MP4.",
+    )
+    language = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=16,
+        help_text="ISO 639-1 code such as 'en'; empty or 'auto' to detect it.",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class TranscriptionSerializer(serializers.ModelSerializer):
+    error = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+    owner = serializers.CharField(
+        source="owner.get_username", default=None, read_only=True
+    )
+
+    class Meta:
+        model = Transcription
+        fields = [
+            "id",
+            "status",
+            "source",
+            "owner",
+            "original_filename",
+            "audio_format",
+            "audio_size",
+            "audio_sha256",
+            "duration",
+            "language",
+            "detected_language",
+            "engine",
+            "model",
+            "device",
+            "text",
+            "segments",
+            "meta",
+            "error",
+            "attempts",
+            "task_id",
+            "worker_hostname",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "decode_seconds",
+            "engine_seconds",
+            "processing_seconds",
+            "real_time_factor",
+            "links",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(ErrorSerializer(allow_null=True))
+    def get_error(self, obj: Transcription) -> dict[str, str] | None:
+        return obj.error()
+
+    @extend_schema_field(serializers.DictField(child=serializers.URLField()))
+    def get_links(self, obj: Transcription) -> dict[str, str]:
+        request = self.context.get("request")
+
+        def url(path: str) -> str:
+            return request.build_absolute_uri(path) if request else path
+
+        links = {"self": url(reverse("asr-api:transcription-detail", args=[obj.id]))}
+        for fmt in FORMATS:
+            links[fmt] = url(
+                reverse("asr-api:transcription-transcript", args=[obj.id, fmt])
+            )
+        return links
+
+
+class TranscriptionListQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=Transcription.Status.choices, required=False
+    )
+
+
+def summary(obj: Transcription) -> dict[str, Any]:
+    return {"id": str(obj.id), "status": obj.status}

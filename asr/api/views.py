@@ -1,0 +1,135 @@
+"""REST API for transcription jobs. Thin: parse, call a service or selector, shape."""
+
+from __future__ import annotations
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from asr import selectors
+from asr import services
+from asr.api.serializers import TranscriptionCreateSerializer
+from asr.api.serializers import TranscriptionListQuerySerializer
+from asr.api.serializers import TranscriptionSerializer
+from asr.formats import FORMATS
+from asr.formats import render
+from asr.models import Transcription
+from kikipounamu.errors import ApplicationError
+
+
+class TranscriptionListCreateApi(GenericAPIView):
+    parser_classes = [MultiPartParser]
+    serializer_class = TranscriptionSerializer
+
+    @extend_schema(
+        parameters=[TranscriptionListQuerySerializer],
+        responses=TranscriptionSerializer(many=True),
+        summary="List jobs (newest first), optionally by status",
+    )
+    def get(self, request: Request) -> Response:
+        query = TranscriptionListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        qs = selectors.transcription_list(
+            user=request.user, status=query.validated_data.get("status")
+        )
+        page = self.paginate_queryset(qs)
+        data = TranscriptionSerializer(
+            page, many=True, context={"request": request}
+        ).data
+        return self.get_paginated_response(data)
+
+    @extend_schema(
+        request={"multipart/form-data": TranscriptionCreateSerializer},
+        responses={202: TranscriptionSerializer},
+        summary="Submit audio; answers at once with the queued job",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TranscriptionCreateSerializer(data=request.data)
+        if not serializer.is_valid():
+            if "file" in serializer.errors:
+                raise ApplicationError(
+                    "Send the audio as a multipart form field named 'file'.",
+                    code="file_missing",
+                )
+            serializer.is_valid(raise_exception=True)
+        job = services.transcription_create(
+            owner=request.user,
+            audio=serializer.validated_data["file"],
+            language=serializer.validated_data.get("language"),
+            source=Transcription.Source.API,
+        )
+        data = TranscriptionSerializer(job, context={"request": request}).data
+        return Response(
+            data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": data["links"]["self"]},
+        )
+
+
+class TranscriptionDetailApi(APIView):
+    @extend_schema(
+        responses=TranscriptionSerializer, summary="A job: status and result"
+    )
+    def get(self, request: Request, transcription_id: str) -> Response:
+        job = selectors.transcription_get(
+            user=request.user, transcription_id=transcription_id
+        )
+        return Response(TranscriptionSerializer(job, context={"request": request}).data)
+
+    @extend_schema(
+        responses={200: TranscriptionSerializer, 204: None},
+        summary="Cancel a queued job (200), or delete a finished one with its audio (204)",
+    )
+    def delete(self, request: Request, transcription_id: str) -> Response:
+        job = selectors.transcription_get(
+            user=request.user, transcription_id=transcription_id
+        )
+        cancelled = services.transcription_delete_or_cancel(transcription=job)
+        if cancelled is not None:
+            return Response(
+                TranscriptionSerializer(cancelled, context={"request": request}).data
+            )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TranscriptionTranscriptApi(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "fmt", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(FORMATS)
+            )
+        ],
+        responses={(200, "text/plain"): OpenApiTypes.STR},
+        summary="Download the transcript as txt, srt, vtt or json",
+    )
+    def get(self, request: Request, transcription_id: str, fmt: str) -> HttpResponse:
+        job = selectors.transcription_get(
+            user=request.user, transcription_id=transcription_id
+        )
+        if job.status != Transcription.Status.SUCCEEDED:
+            raise ApplicationError(
+                f"This job is {job.status}; the transcript exists once it has succeeded.",
+                code="not_ready",
+                status=409,
+            )
+        body = render(
+            fmt,
+            job.text,
+            job.segments,
+            id=str(job.id),
+            language=job.detected_language or job.language or None,
+            duration=job.duration,
+        )
+        response = HttpResponse(body, content_type=FORMATS[fmt])
+        stem = (job.original_filename.rsplit(".", 1)[0] or "transcript").replace(
+            '"', ""
+        )
+        response["Content-Disposition"] = f'attachment; filename="{stem}.{fmt}"'
+        return response

@@ -1,0 +1,235 @@
+"""Decoding untrusted audio with PyAV, to 16 kHz mono float32, under hard limits.
+
+Nothing here imports Django: a GPU worker decodes with the same code, and limits are
+passed in. Every failure is an :class:`AudioError` whose code says what happened.
+Durations from container headers are only hints: the real duration is counted while
+decoding, so a small file that claims to be short but holds hours is stopped at the
+limit instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from typing import Any
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+# Codes, as the job and the API report them.
+UNSUPPORTED_FORMAT = "unsupported_format"
+NO_AUDIO_STREAM = "no_audio_stream"
+CORRUPT_AUDIO = "corrupt_audio"
+EMPTY_AUDIO = "empty_audio"
+TOO_LONG = "too_long"
+TOO_LARGE = "too_large"
+DECODE_TIMEOUT = "decode_timeout"
+
+# Containers we accept, as FFmpeg names them (a format name may list several).
+ACCEPTED_FORMATS = {
+    "wav": ".wav",
+    "flac": ".flac",
+    "mp3": ".mp3",
+    "ogg": ".ogg",
+    "mov": ".m4a",  # mov,mp4,m4a,3gp,3g2,mj2: m4a/aac and the audio of mp4
+    "mp4": ".m4a",
+    "m4a": ".m4a",
+    "matroska": ".webm",  # matroska,webm
+    "webm": ".webm",
+}
+
+# A decoded length short of the container's duration by more than this means the
+# file was cut off (a truncated upload), not a rounding difference.
+TRUNCATION_TOLERANCE_SECONDS = 0.5
+TRUNCATION_TOLERANCE_RATIO = 0.05
+# FFmpeg skips a damaged packet and goes on; too many of them is a corrupt file.
+MAX_BAD_PACKETS = 8
+
+
+class AudioError(Exception):
+    """Audio we cannot use, with a code and a message a person can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    format_name: str
+    extension: str
+    codec: str
+    duration_hint: float | None  # from headers: never trusted for limits
+
+
+Source = str | Path | IO[bytes]
+
+
+def _open(source: Source, *, metadata_errors: str = "ignore") -> Any:
+    try:
+        return av.open(
+            source if not isinstance(source, Path) else str(source),
+            mode="r",
+            metadata_errors=metadata_errors,
+            # Never follow references to other files or URLs named inside the
+            # container (HLS playlists, concat lists): local, single-file input only.
+            options={"protocol_whitelist": "file,pipe"},
+        )
+    except av.error.InvalidDataError as exc:
+        raise AudioError(
+            UNSUPPORTED_FORMAT,
+            "This file is not audio we can read. Send WAV, FLAC, MP3, OGG (Opus or "
+            "Vorbis), M4A/AAC, WebM (Opus) or an MP4 with an audio track.",
+        ) from exc
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise AudioError(
+            UNSUPPORTED_FORMAT, f"This file could not be opened as audio ({exc})."
+        ) from exc
+
+
+def _format_extension(format_name: str) -> str | None:
+    for name in format_name.split(","):
+        if name in ACCEPTED_FORMATS:
+            return ACCEPTED_FORMATS[name]
+    return None
+
+
+def probe(source: Source) -> ProbeInfo:
+    """Check cheaply (headers only) that ``source`` is a container we take with audio."""
+    with _open(source) as container:
+        if not container.streams.audio:
+            raise AudioError(
+                NO_AUDIO_STREAM,
+                "This file has no audio track. If it is a video, check that it was "
+                "recorded with sound.",
+            )
+        extension = _format_extension(container.format.name)
+        if extension is None:
+            raise AudioError(
+                UNSUPPORTED_FORMAT,
+                f"Files of type '{container.format.long_name or container.format.name}'"
+                " are not supported. Send WAV, FLAC, MP3, OGG, M4A, WebM or MP4.",
+            )
+        stream = container.streams.audio[0]
+        return ProbeInfo(
+            format_name=container.format.name,
+            extension=extension,
+            codec=stream.codec_context.name,
+            duration_hint=_declared_duration(container, stream),
+        )
+
+
+def _declared_duration(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def decode(
+    source: Source,
+    *,
+    max_seconds: float,
+    timeout: float,
+    sample_rate: int = SAMPLE_RATE,
+) -> np.ndarray:
+    """Decode the first audio stream to mono float32 at ``sample_rate``.
+
+    Raises :class:`AudioError` past ``max_seconds`` of decoded audio or ``timeout``
+    seconds of wall time, for a file cut short of its declared length, and for a
+    file with no samples.
+    """
+    started = time.monotonic()
+    max_samples = int(max_seconds * sample_rate)
+    chunks: list[np.ndarray] = []
+    total = 0
+    bad_packets = 0
+    with _open(source) as container:
+        if not container.streams.audio:
+            raise AudioError(NO_AUDIO_STREAM, "This file has no audio track.")
+        if _format_extension(container.format.name) is None:
+            raise AudioError(UNSUPPORTED_FORMAT, "This file type is not supported.")
+        stream = container.streams.audio[0]
+        declared = _declared_duration(container, stream)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+
+        def take(frames: Any) -> None:
+            nonlocal total
+            for frame in frames:
+                samples = frame.to_ndarray().reshape(-1)
+                chunks.append(samples)
+                total += samples.shape[0]
+            if total > max_samples:
+                raise AudioError(
+                    TOO_LONG,
+                    f"This audio is longer than the limit of {_hms(max_seconds)}. "
+                    "Split it into shorter files.",
+                )
+            if time.monotonic() - started > timeout:
+                raise AudioError(
+                    DECODE_TIMEOUT,
+                    f"Decoding took longer than {timeout:.0f} s; the file may be "
+                    "damaged or unusually encoded.",
+                )
+
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:
+                raise _corrupt(exc) from exc
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                bad_packets += 1
+                if bad_packets > MAX_BAD_PACKETS:
+                    raise AudioError(
+                        CORRUPT_AUDIO,
+                        "This audio is damaged: too many parts of it cannot be decoded.",
+                    ) from None
+                continue
+            for frame in frames:
+                # Timestamps of a damaged stream confuse the resampler's clock.
+                frame.pts = None
+                take(resampler.resample(frame))
+        take(resampler.resample(None))
+
+    if total == 0:
+        raise AudioError(EMPTY_AUDIO, "This file holds no audio samples.")
+    decoded_seconds = total / sample_rate
+    if declared is not None and declared > 0:
+        shortfall = declared - decoded_seconds
+        if shortfall > max(
+            TRUNCATION_TOLERANCE_SECONDS, declared * TRUNCATION_TOLERANCE_RATIO
+        ):
+            raise AudioError(
+                CORRUPT_AUDIO,
+                f"This file stops after {decoded_seconds:.1f} s of its declared "
+                f"{declared:.1f} s: it looks truncated. Upload the whole file again.",
+            )
+    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _corrupt(exc: Exception) -> AudioError:
+    return AudioError(
+        CORRUPT_AUDIO, f"This audio is damaged and cannot be decoded ({exc})."
+    )
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"

@@ -1,0 +1,101 @@
+"""What every engine takes and returns. No Django here: a GPU machine runs a worker
+with nothing but the broker URL and this package."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    text: str
+    probability: float | None = None
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: list[Word] | None = None
+
+
+@dataclass
+class TranscriptionResult:
+    text: str
+    language: str | None
+    segments: list[Segment]
+    # Engine-specific extras kept on the job (tags, probabilities, ...).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def segments_as_dicts(self) -> list[dict[str, Any]]:
+        out = []
+        for segment in self.segments:
+            item = asdict(segment)
+            if item["words"] is None:
+                del item["words"]
+            out.append(item)
+        return out
+
+
+class EngineError(Exception):
+    """An engine cannot transcribe this input (a permanent, per-job failure)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EngineTransientError(Exception):
+    """A failure worth retrying (for example running out of device memory)."""
+
+
+class Engine(Protocol):
+    """A loaded model. Built once per worker process, then called for every job."""
+
+    name: str
+    model_name: str
+    device: str
+
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        sample_rate: int = 16_000,
+        language: str | None = None,
+        **options: Any,
+    ) -> TranscriptionResult: ...
+
+    def transcribe_batch(
+        self,
+        clips: Sequence[np.ndarray],
+        sample_rate: int = 16_000,
+        languages: Sequence[str | None] | None = None,
+        **options: Any,
+    ) -> list[TranscriptionResult]: ...
+
+
+class SequentialBatchMixin:
+    """For engines with no batched inference: a batch is a loop over clips."""
+
+    def transcribe_batch(
+        self,
+        clips: Sequence[np.ndarray],
+        sample_rate: int = 16_000,
+        languages: Sequence[str | None] | None = None,
+        **options: Any,
+    ) -> list[TranscriptionResult]:
+        langs = list(languages) if languages is not None else [None] * len(clips)
+        return [
+            self.transcribe(clip, sample_rate, lang, **options)  # type: ignore[attr-defined]
+            for clip, lang in zip(clips, langs, strict=True)
+        ]

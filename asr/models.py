@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def audio_upload_to(instance: Transcription, filename: str) -> str:
+    # The stored name is ours alone: the client's file name never reaches a path.
+    # `filename` here is already the generated "<uuid><ext>" from the service.
+    return f"audio/{instance.created_at:%Y/%m/%d}/{filename}"
+
+
+class Transcription(models.Model):
+    """One speech-recognition job: the audio, its state, and its result."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Source(models.TextChoices):
+        API = "api"
+        WEB = "web"
+        TELEGRAM = "telegram"
+        CLI = "cli"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="transcriptions",
+    )
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+
+    audio = models.FileField(upload_to=audio_upload_to, max_length=255, blank=True)
+    original_filename = models.CharField(max_length=255, blank=True)
+    audio_format = models.CharField(max_length=64, blank=True)
+    audio_codec = models.CharField(max_length=64, blank=True)
+    audio_size = models.BigIntegerField(default=0)
+    audio_sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    # From the container's headers at upload: a hint for time limits only.
+    duration_hint = models.FloatField(null=True, blank=True)
+    # Counted while decoding: the real duration.
+    duration = models.FloatField(null=True, blank=True)
+
+    language = models.CharField(max_length=16, blank=True)
+    detected_language = models.CharField(max_length=16, blank=True)
+    engine = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=128, blank=True)
+    device = models.CharField(max_length=32, blank=True)
+
+    text = models.TextField(blank=True)
+    segments = models.JSONField(default=list, blank=True)
+    meta = models.JSONField(default=dict, blank=True)
+
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+
+    attempts = models.PositiveIntegerField(default=0)
+    task_id = models.CharField(max_length=64, blank=True)
+    worker_hostname = models.CharField(max_length=255, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Set at claim: past it, a running job whose message is gone has timed out.
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    decode_seconds = models.FloatField(null=True, blank=True)
+    engine_seconds = models.FloatField(null=True, blank=True)
+    processing_seconds = models.FloatField(null=True, blank=True)
+    real_time_factor = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            models.Index(fields=["status", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    def error(self) -> dict[str, Any] | None:
+        if not self.error_code:
+            return None
+        return {"code": self.error_code, "message": self.error_message}

@@ -1,0 +1,65 @@
+"""Celery tasks of the asr app: thin wrappers that take ids and call services."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_process_init
+from django.conf import settings
+
+from asr import services
+from asr.broker import broker_task_ids
+from asr.engines import EngineTransientError
+from asr.worker import get_engine
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    bind=True,
+    name="asr.transcribe",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(EngineTransientError,),
+    retry_backoff=5,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=3,
+)
+def transcribe(self: Any, transcription_id: str) -> None:
+    """Transcribe one job. Idempotent: a redelivered message for a finished job is a
+    no-op, so acks_late is safe and a dead worker's job runs again elsewhere."""
+    services.transcription_process(
+        transcription_id=transcription_id,
+        task_id=self.request.id,
+        hostname=self.request.hostname or settings.WORKER_HOSTNAME,
+        engine=get_engine(),
+    )
+
+
+@shared_task(name="asr.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    """Periodic (beat): re-send jobs whose broker message was lost."""
+    # Two reads a moment apart: a message in flight between the queue and the
+    # unacked set is in neither for an instant, and must not look lost.
+    held = broker_task_ids(["asr"])
+    time.sleep(0.5)
+    held |= broker_task_ids(["asr"])
+    counts = services.transcription_reconcile(broker_task_ids=held)
+    if any(counts.values()):
+        logger.warning("reconcile: %s", counts)
+    return counts
+
+
+@worker_process_init.connect
+def _preload_engine(**_: Any) -> None:
+    # Load the model when the process starts so the first job does not pay for it,
+    # but only in workers that consume the asr queue.
+    from kikipounamu.celery import app
+
+    queues = set(app.amqp.queues.consume_from or {})
+    if settings.ASR_PRELOAD and "asr" in queues:
+        get_engine()

@@ -1,0 +1,42 @@
+from django.contrib import admin
+from django.http import HttpRequest
+from django.http import HttpResponse
+from django.http import JsonResponse
+from django.urls import include
+from django.urls import path
+from django.views import defaults
+from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularSwaggerView
+
+from kikipounamu import api
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("asr.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema"),
+        name="swagger-ui",
+    ),
+    path("healthz", healthz, name="healthz"),
+]
+
+
+def handler404(
+    request: HttpRequest, exception: Exception | None = None
+) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return api.handler404(request, exception)
+    return defaults.page_not_found(request, exception or Exception())
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return api.handler500(request)
+    return defaults.server_error(request)
