@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from django.conf import settings
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests import processes
+from tests.factories import UserFactory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_test_redis_and_media() -> Iterator[None]:
+    # Test queues and media start empty so nothing from an earlier run leaks in.
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    media = Path(settings.MEDIA_ROOT)
+    shutil.rmtree(media, ignore_errors=True)
+    media.mkdir(parents=True, exist_ok=True)
+    yield
+
+
+@pytest.fixture
+def user(db: Any) -> Any:
+    return UserFactory()
+
+
+@pytest.fixture
+def staff_user(db: Any) -> Any:
+    return UserFactory(is_staff=True)
+
+
+@pytest.fixture
+def api_client(user: Any) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+# Real processes -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[processes.Process]:
+    """A real Celery worker process (whisper engine) on the test database."""
+    proc = processes.start_worker()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def web(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
+    """A real uvicorn serving kikipounamu.asgi on a free port; yields its base URL."""
+    proc, base = processes.start_web()
+    yield base
+    proc.stop()
+
+
+class LiveApi:
+    """A token-authenticated HTTP client of the live web process."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+    def submit(
+        self, path: Path | str, *, name: str | None = None, **data: str
+    ) -> requests.Response:
+        path = Path(path)
+        with path.open("rb") as fh:
+            return self.session.post(
+                self.url("/api/v1/transcriptions"),
+                files={"file": (name or path.name, fh)},
+                data=data,
+                timeout=30,
+            )
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        response = self.session.get(
+            self.url(f"/api/v1/transcriptions/{job_id}"), timeout=10
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def wait(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(job_id)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.1)
+        raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+@pytest.fixture
+def live_api(transactional_db: Any, web: str) -> LiveApi:
+    """The live API as a fresh user. Jobs it submits run if a `worker` is in use."""
+    user = UserFactory()
+    token = Token.objects.create(user=user)
+    return LiveApi(web, token.key)

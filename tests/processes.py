@@ -1,0 +1,148 @@
+"""Starting and stopping the real processes that integration tests run against."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = ROOT / "var" / "test-logs"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "KIKI_TEST_SUBPROCESS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+class Process:
+    """A child process in its own process group, with its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOG_DIR / f"{name}-{uuid.uuid4().hex[:8]}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log():
+                return
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(
+            f"{self.name}: no {needle!r} in {timeout}s:\n{self.log()[-4000:]}"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: the main process and its pool children at once."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+def start_worker(
+    *, queues: str = "asr,default", concurrency: int = 1, **env: str
+) -> Process:
+    name = f"worker-{uuid.uuid4().hex[:6]}"
+    proc = Process(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "kikipounamu",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-n",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "info",
+        ],  # fmt: skip
+        subprocess_env(**env),
+    )
+    proc.wait_for_log(" ready.")
+    return proc
+
+
+def start_web(**env: str) -> tuple[Process, str]:
+    port = free_port()
+    proc = Process(
+        "web",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "kikipounamu.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],  # fmt: skip
+        subprocess_env(**env),
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).ok:
+                return proc, base
+        except requests.ConnectionError:
+            pass
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"web exited:\n{proc.log()[-4000:]}")
+        time.sleep(0.1)
+    raise TimeoutError(f"web did not answer:\n{proc.log()[-4000:]}")
