@@ -109,7 +109,7 @@ def start_worker(
             "--without-gossip",
             "-l",
             "info",
-        ],  # fmt: skip
+        ],
         subprocess_env(**env),
     )
     proc.wait_for_log(" ready.")
@@ -131,7 +131,7 @@ def start_web(**env: str) -> tuple[Process, str]:
             str(port),
             "--log-level",
             "warning",
-        ],  # fmt: skip
+        ],
         subprocess_env(**env),
     )
     base = f"http://127.0.0.1:{port}"
