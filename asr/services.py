@@ -271,6 +271,13 @@ def transcription_process(
         job.attempts,
         task_id,
     )
+    if not job.audio.name or not default_storage.exists(job.audio.name):
+        transcription_fail(
+            transcription=job,
+            code="audio_missing",
+            message="The audio of this job is no longer stored; upload it again.",
+        )
+        return
     try:
         started = time.monotonic()
         samples = audio_lib.decode(
@@ -286,13 +293,6 @@ def transcription_process(
         finished = time.monotonic()
     except audio_lib.AudioError as exc:
         transcription_fail(transcription=job, code=exc.code, message=exc.message)
-        return
-    except FileNotFoundError:
-        transcription_fail(
-            transcription=job,
-            code="audio_missing",
-            message="The audio of this job is no longer stored; upload it again.",
-        )
         return
     except EngineError as exc:
         transcription_fail(transcription=job, code=exc.code, message=exc.message)

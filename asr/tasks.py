@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
     name="asr.transcribe",
     acks_late=True,
     reject_on_worker_lost=True,
+    # The job row holds the outcome; a copy in the result backend would be unread.
+    ignore_result=True,
     autoretry_for=(EngineTransientError,),
     retry_backoff=5,
     retry_backoff_max=120,

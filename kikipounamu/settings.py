@@ -242,7 +242,13 @@ if CELERY_VISIBILITY_TIMEOUT <= ASR_TIME_LIMIT_MAX + ASR_TIME_LIMIT_GRACE:
         "CELERY_VISIBILITY_TIMEOUT must be longer than ASR_TIME_LIMIT_MAX + "
         "ASR_TIME_LIMIT_GRACE, or running jobs would be delivered twice"
     )
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    # How often a worker sweeps for messages whose worker died (kombu Redis transport):
+    # every interval x throttle seconds.
+    "unacked_restore_interval": env.int("BROKER_UNACKED_RESTORE_INTERVAL", default=10),
+    "unacked_restore_throttle": env.int("BROKER_UNACKED_RESTORE_THROTTLE", default=10),
+}
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT
 }

@@ -17,14 +17,21 @@ from tests import processes
 from tests.factories import UserFactory
 
 
+def _delete_run_keys() -> None:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}*", count=1000):
+        client.delete(key)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _clean_test_redis_and_media() -> Iterator[None]:
-    # Test queues and media start empty so nothing from an earlier run leaks in.
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+def _run_scoped_redis_and_media() -> Iterator[None]:
+    # This run's queues and media are its own (see tests/settings.py); they go when
+    # the run ends.
     media = Path(settings.MEDIA_ROOT)
-    shutil.rmtree(media, ignore_errors=True)
     media.mkdir(parents=True, exist_ok=True)
     yield
+    _delete_run_keys()
+    shutil.rmtree(media, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,24 +1,37 @@
-"""Test settings: the real settings, pointed at test-only Redis, media and database.
+"""Test settings: the real settings, pointed at test-only Redis keys, media and database.
 
-Subprocesses that tests start (web server, Celery workers) load this module too, with
-KIKI_TEST_SUBPROCESS=1 so that they open the test database that pytest-django made.
+Each pytest run gets a run id, so two runs at once (a developer's and CI's, or two
+developers on one machine) never share a database, a queue or a media folder.
+Subprocesses that tests start (web server, Celery workers) inherit the run id and set
+KIKI_TEST_SUBPROCESS=1, so they open the test database that pytest-django made.
 """
 
 import os
+import uuid
 from pathlib import Path
 
 _VAR = Path(__file__).resolve().parent.parent / "var"
+RUN_ID = os.environ.setdefault("KIKI_TEST_RUN", uuid.uuid4().hex[:8])
 # Database 15 of the project's own Redis: never the queues of a running system.
 os.environ.setdefault("KIKI_REDIS_DB", "15")
-os.environ.setdefault("MEDIA_ROOT", str(_VAR / "test-media"))
+os.environ.setdefault("MEDIA_ROOT", str(_VAR / "test-media" / RUN_ID))
+os.environ.setdefault("DATABASE_TEST_NAME", str(_VAR / f"test-{RUN_ID}.sqlite3"))
 
 from kikipounamu.settings import *  # noqa: E402,F403
+from kikipounamu.settings import CELERY_BROKER_TRANSPORT_OPTIONS  # noqa: E402
 from kikipounamu.settings import DATABASES  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# Every broker key of this run (queues, unacked messages) carries its run id.
+REDIS_KEY_PREFIX = f"kiki-test-{RUN_ID}:"
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    **CELERY_BROKER_TRANSPORT_OPTIONS,
+    "global_keyprefix": REDIS_KEY_PREFIX,
+}
+
 _db = DATABASES["default"]
 if _db["ENGINE"] != "django.db.backends.sqlite3":
-    _db["TEST"] = {"NAME": f"test_{_db['NAME']}"}
+    _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{RUN_ID}"}
 if os.environ.get("KIKI_TEST_SUBPROCESS"):
     _db["NAME"] = _db["TEST"]["NAME"]

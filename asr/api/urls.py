@@ -12,12 +12,12 @@ urlpatterns = [
         name="transcription-list",
     ),
     path(
-        "transcriptions/<str:transcription_id>",
+        "transcriptions/<uuid:transcription_id>",
         views.TranscriptionDetailApi.as_view(),
         name="transcription-detail",
     ),
     re_path(
-        r"^transcriptions/(?P<transcription_id>[^/]+)/transcript\.(?P<fmt>txt|srt|vtt|json)$",
+        r"^transcriptions/(?P<transcription_id>[0-9a-f-]{36})/transcript\.(?P<fmt>txt|srt|vtt|json)$",
         views.TranscriptionTranscriptApi.as_view(),
         name="transcription-transcript",
     ),

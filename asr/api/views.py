@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
@@ -77,7 +79,7 @@ class TranscriptionDetailApi(APIView):
     @extend_schema(
         responses=TranscriptionSerializer, summary="A job: status and result"
     )
-    def get(self, request: Request, transcription_id: str) -> Response:
+    def get(self, request: Request, transcription_id: Any) -> Response:
         job = selectors.transcription_get(
             user=request.user, transcription_id=transcription_id
         )
@@ -87,7 +89,7 @@ class TranscriptionDetailApi(APIView):
         responses={200: TranscriptionSerializer, 204: None},
         summary="Cancel a queued job (200), or delete a finished one with its audio (204)",
     )
-    def delete(self, request: Request, transcription_id: str) -> Response:
+    def delete(self, request: Request, transcription_id: Any) -> Response:
         job = selectors.transcription_get(
             user=request.user, transcription_id=transcription_id
         )
@@ -109,7 +111,7 @@ class TranscriptionTranscriptApi(APIView):
         responses={(200, "text/plain"): OpenApiTypes.STR},
         summary="Download the transcript as txt, srt, vtt or json",
     )
-    def get(self, request: Request, transcription_id: str, fmt: str) -> HttpResponse:
+    def get(self, request: Request, transcription_id: Any, fmt: str) -> HttpResponse:
         job = selectors.transcription_get(
             user=request.user, transcription_id=transcription_id
         )
