@@ -13,7 +13,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import File
 from django.core.files.storage import default_storage
-from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -49,7 +48,7 @@ def clean_filename(name: str | None) -> str:
 def transcription_create(
     *,
     owner: Any,
-    audio: UploadedFile,
+    audio: File,
     language: str | None = None,
     source: str = Transcription.Source.API,
 ) -> Transcription:
@@ -137,7 +136,7 @@ def transcription_create(
     return job
 
 
-def _local_source(audio: UploadedFile) -> Any:
+def _local_source(audio: File) -> Any:
     path = getattr(audio, "temporary_file_path", None)
     return path() if path else audio.file
 

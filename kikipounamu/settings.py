@@ -22,7 +22,8 @@ env = environ.Env()
 # A .env file is optional; real environment variables win over it.
 env.read_env(str(BASE_DIR / ".env"), overwrite=False)
 
-VAR_DIR = Path(env.str("KIKI_VAR_DIR", default=str(BASE_DIR / "var")))
+# An empty value means the default, so a copied .env.example changes nothing.
+VAR_DIR = Path(env.str("KIKI_VAR_DIR", default="") or BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#debug
@@ -97,8 +98,8 @@ TEMPLATES = [
 # Database ----------------------------------------------------------------------------
 # https://docs.djangoproject.com/en/5.2/ref/settings/#databases
 DATABASES = {
-    "default": env.db_url(
-        "DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+    "default": env.db_url_config(
+        env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
     ),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -144,7 +145,7 @@ STATIC_ROOT = VAR_DIR / "static"
 
 # Uploaded audio lives here and nowhere else.
 # https://docs.djangoproject.com/en/5.2/ref/settings/#media-root
-MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default="") or VAR_DIR / "media")
 MEDIA_URL = "media/"
 # Uploads above this size go to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
@@ -154,11 +155,14 @@ LOGIN_URL = "/admin/login/"
 
 # Redis: broker, result backend (and, later, cache and channel layer) -----------------
 REDIS_URL = env.str("REDIS_URL", default="")
+EMBEDDED_REDIS = None
 if not REDIS_URL:
     # No Redis given: start (or reuse) the project's own one. Tests use another
     # database number so that they never touch a running system's queues.
-    _redis = ensure_embedded_redis(VAR_DIR / "redis", port=embedded_port_from_env())
-    REDIS_URL = f"{_redis.url}/{env.int('KIKI_REDIS_DB', default=0)}"
+    EMBEDDED_REDIS = ensure_embedded_redis(
+        VAR_DIR / "redis", port=embedded_port_from_env()
+    )
+    REDIS_URL = f"{EMBEDDED_REDIS.url}/{env.int('KIKI_REDIS_DB', default=0)}"
 
 # Speech recognition -------------------------------------------------------------------
 # Which engine a worker loads: whisper (offline default), synthetic (load tests only).
@@ -262,7 +266,7 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
-WORKER_HOSTNAME = env.str("WORKER_HOSTNAME", default=socket.gethostname())
+WORKER_HOSTNAME = env.str("WORKER_HOSTNAME", default="") or socket.gethostname()
 
 # REST API -----------------------------------------------------------------------------
 # https://www.django-rest-framework.org/api-guide/settings/
