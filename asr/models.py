@@ -70,6 +70,10 @@ class Transcription(models.Model):
     error_message = models.TextField(blank=True)
 
     attempts = models.PositiveIntegerField(default=0)
+    # Bumped by every event of this job: clients order pushed events by it.
+    event_seq = models.PositiveIntegerField(default=0)
+    # Seconds of audio transcribed so far (progress while running).
+    processed_seconds = models.FloatField(null=True, blank=True)
     task_id = models.CharField(max_length=64, blank=True)
     worker_hostname = models.CharField(max_length=255, blank=True)
 
@@ -101,3 +105,35 @@ class Transcription(models.Model):
         if not self.error_code:
             return None
         return {"code": self.error_code, "message": self.error_message}
+
+
+class TranscriptionEvent(models.Model):
+    """One step in a job's history: accepted, started, finished, retried, ..."""
+
+    class Kind(models.TextChoices):
+        ACCEPTED = "accepted"
+        STARTED = "started"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        REQUEUED = "requeued"
+        RETRIED = "retried"
+
+    transcription = models.ForeignKey(
+        Transcription, on_delete=models.CASCADE, related_name="events"
+    )
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["transcription", "seq"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["transcription", "seq"], name="unique_event_seq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.transcription_id} #{self.seq} {self.kind}"

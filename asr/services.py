@@ -20,13 +20,16 @@ from django.utils import timezone
 from asr import audio as audio_lib
 from asr.engines import EngineError
 from asr.engines import TranscriptionResult
+from asr.events import transcription_event_record
 from asr.languages import normalise_language
 from asr.models import Transcription
+from asr.models import TranscriptionEvent
 from kikipounamu.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 
 Status = Transcription.Status
+Kind = TranscriptionEvent.Kind
 
 # HTTP statuses for audio refused at upload.
 _UPLOAD_ERROR_STATUS = {
@@ -120,6 +123,11 @@ def transcription_create(
     try:
         with transaction.atomic():
             job.save(force_insert=True)
+            transcription_event_record(
+                transcription_id=job.id,
+                kind=Kind.ACCEPTED,
+                data={"source": source, "size": size, "format": info.format_name},
+            )
             transaction.on_commit(lambda: transcription_enqueue(transcription=job))
     except Exception:
         # The row did not make it: the stored audio must not outlive it.
@@ -223,21 +231,37 @@ def transcription_claim(
             logger.warning(
                 "job %s: failed worker_lost after max attempts", transcription_id
             )
+            transcription_event_record(
+                transcription_id=transcription_id,
+                kind=Kind.FAILED,
+                data={"code": "worker_lost"},
+            )
         return None
+    transcription_event_record(
+        transcription_id=transcription_id,
+        kind=Kind.STARTED,
+        data={"worker": hostname, "task_id": task_id},
+    )
     return Transcription.objects.get(pk=transcription_id)
 
 
-def _finish(job: Transcription, **fields: Any) -> bool:
+def _finish(job: Transcription, event: dict[str, Any], **fields: Any) -> bool:
     """Write the outcome of this attempt, unless another attempt got there first."""
     now = timezone.now()
     fields.setdefault("finished_at", now)
     if job.started_at is not None:
         fields["processing_seconds"] = (now - job.started_at).total_seconds()
-    return bool(
-        Transcription.objects.filter(
-            pk=job.pk, status=Status.RUNNING, attempts=job.attempts
-        ).update(**fields)
-    )
+    with transaction.atomic():
+        done = bool(
+            Transcription.objects.filter(
+                pk=job.pk, status=Status.RUNNING, attempts=job.attempts
+            ).update(**fields)
+        )
+        if done:
+            transcription_event_record(
+                transcription_id=job.pk, kind=fields["status"], data=event
+            )
+    return done
 
 
 def transcription_fail(
@@ -245,7 +269,11 @@ def transcription_fail(
 ) -> None:
     """Mark a running job failed with an error a person can act on."""
     if _finish(
-        transcription, status=Status.FAILED, error_code=code, error_message=message
+        transcription,
+        {"code": code},
+        status=Status.FAILED,
+        error_code=code,
+        error_message=message,
     ):
         logger.info("job %s failed: %s: %s", transcription.id, code, message)
 
@@ -308,6 +336,7 @@ def transcription_process(
     engine_seconds = finished - decoded
     done = _finish(
         job,
+        {"duration": round(duration, 3), "engine_seconds": round(engine_seconds, 4)},
         status=Status.SUCCEEDED,
         text=result.text,
         segments=result.segments_as_dicts(),
@@ -340,7 +369,11 @@ def transcription_cancel(*, transcription: Transcription) -> Transcription:
     updated = Transcription.objects.filter(
         pk=transcription.pk, status=Status.QUEUED
     ).update(status=Status.CANCELLED, finished_at=timezone.now())
-    if not updated:
+    if updated:
+        transcription_event_record(
+            transcription_id=transcription.pk, kind=Kind.CANCELLED
+        )
+    else:
         transcription.refresh_from_db()
         raise ApplicationError(
             f"This job is {transcription.status} and can no longer be cancelled.",
@@ -411,10 +444,16 @@ def transcription_reconcile(
                 finished_at=now,
             ):
                 counts["timed_out"] += 1
+                transcription_event_record(
+                    transcription_id=job.pk, kind=Kind.FAILED, data={"code": "timeout"}
+                )
             continue
         if job.status == Status.RUNNING and job.started_at and job.started_at > cutoff:
             continue
         logger.warning("job %s: no message in the broker, re-sending", job.id)
+        transcription_event_record(
+            transcription_id=job.pk, kind=Kind.REQUEUED, data={"reason": "message lost"}
+        )
         transcription_enqueue(transcription=job)
         counts["requeued"] += 1
     return counts

@@ -100,7 +100,8 @@ def test_submit_answers_202_and_stores_under_a_generated_name(
     assert response.status_code == 202, response.json()
     body = response.json()
     assert response["Location"] == body["links"]["self"]
-    assert len(callbacks) == 1  # the task is enqueued only once the row is committed
+    # the task is enqueued (and the event announced) only once the row is committed
+    assert len(callbacks) == 2
     job = Transcription.objects.get(pk=body["id"])
     assert job.owner == user
     assert job.original_filename == "passwd.wav"

@@ -83,6 +83,9 @@ def test_process_stores_result_timings_and_worker() -> None:
     assert job.processing_seconds is not None and job.processing_seconds >= 0
     assert job.real_time_factor is not None
     assert job.started_at and job.finished_at and job.deadline_at
+    # its history, in order, with one sequence number per event
+    assert [(e.seq, e.kind) for e in job.events.all()] == [(1, "started"), (2, "succeeded")]
+    assert job.event_seq == 2
 
 
 def test_a_redelivered_message_for_a_finished_job_does_nothing() -> None:

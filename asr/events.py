@@ -1,0 +1,59 @@
+"""Recording a job's events: history rows, sequence numbers, and the after-commit signal."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.db.models import F
+
+from asr.models import Transcription
+from asr.models import TranscriptionEvent
+from asr.signals import transcription_event
+
+logger = logging.getLogger(__name__)
+
+
+def next_event_seq(transcription_id: UUID | str) -> int:
+    """Take the job's next sequence number (inside the caller's transaction)."""
+    Transcription.objects.filter(pk=transcription_id).update(
+        event_seq=F("event_seq") + 1
+    )
+    return int(
+        Transcription.objects.filter(pk=transcription_id)
+        .values_list("event_seq", flat=True)
+        .get()
+    )
+
+
+def transcription_event_record(
+    *, transcription_id: UUID | str, kind: str, data: dict[str, Any] | None = None
+) -> TranscriptionEvent | None:
+    """Append an event to the job's history and announce it once committed."""
+    with transaction.atomic():
+        try:
+            seq = next_event_seq(transcription_id)
+        except Transcription.DoesNotExist:
+            return None
+        event = TranscriptionEvent.objects.create(
+            transcription_id=transcription_id, seq=seq, kind=kind, data=data or {}
+        )
+        transaction.on_commit(lambda: _announce(event))
+    return event
+
+
+def _announce(event: TranscriptionEvent) -> None:
+    for receiver, response in transcription_event.send_robust(
+        sender=TranscriptionEvent, event=event
+    ):
+        if isinstance(response, Exception):
+            logger.error(
+                "job %s: event %s receiver %r failed: %s",
+                event.transcription_id,
+                event.kind,
+                receiver,
+                response,
+                exc_info=response,
+            )
