@@ -57,3 +57,16 @@ def _announce(event: TranscriptionEvent) -> None:
                 response,
                 exc_info=response,
             )
+
+
+def announce_progress(
+    *, transcription_id: UUID | str, seq: int, processed_seconds: float
+) -> None:
+    """Announce progress like an event, but with no history row behind it."""
+    event = TranscriptionEvent(
+        transcription_id=transcription_id,
+        seq=seq,
+        kind=TranscriptionEvent.Kind.PROGRESS,
+        data={"processed_seconds": round(processed_seconds, 3)},
+    )
+    _announce(event)

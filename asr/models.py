@@ -118,6 +118,8 @@ class TranscriptionEvent(models.Model):
         CANCELLED = "cancelled"
         REQUEUED = "requeued"
         RETRIED = "retried"
+        # Pushed to watchers only, never stored.
+        PROGRESS = "progress"
 
     transcription = models.ForeignKey(
         Transcription, on_delete=models.CASCADE, related_name="events"

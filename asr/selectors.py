@@ -4,10 +4,45 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import Count
+from django.db.models import IntegerField
+from django.db.models import OuterRef
 from django.db.models import QuerySet
+from django.db.models import Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from asr.models import Transcription
+
+Status = Transcription.Status
+
+
+def with_queue_position(qs: QuerySet[Transcription]) -> QuerySet[Transcription]:
+    """Annotate ``queue_position``: 1 for the next queued job to run, null otherwise.
+
+    One correlated count per row, in the same query, rather than a query per job.
+    """
+    ahead = (
+        Transcription.objects.filter(
+            status=Status.QUEUED, created_at__lt=OuterRef("created_at")
+        )
+        .order_by()
+        .values("status")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return qs.annotate(_ahead=Coalesce(Subquery(ahead, output_field=IntegerField()), 0))
+
+
+def queue_position(job: Transcription) -> int | None:
+    if job.status != Status.QUEUED:
+        return None
+    ahead = getattr(job, "_ahead", None)
+    if ahead is None:
+        ahead = Transcription.objects.filter(
+            status=Status.QUEUED, created_at__lt=job.created_at
+        ).count()
+    return int(ahead) + 1
 
 
 def transcription_visible_to(*, user: Any) -> QuerySet[Transcription]:
@@ -21,17 +56,21 @@ def transcription_visible_to(*, user: Any) -> QuerySet[Transcription]:
 
 
 def transcription_list(
-    *, user: Any, status: str | None = None
+    *, user: Any, status: str | None = None, owner_only: bool = False
 ) -> QuerySet[Transcription]:
     qs = transcription_visible_to(user=user).select_related("owner")
+    if owner_only:
+        qs = qs.filter(owner=user)
     if status:
         qs = qs.filter(status=status)
-    return qs.order_by("-created_at")
+    return with_queue_position(qs.order_by("-created_at"))
 
 
 def transcription_get(*, user: Any, transcription_id: Any) -> Transcription:
     """The job, or 404 (also for another user's job: its existence is not revealed)."""
     try:
-        return transcription_visible_to(user=user).get(pk=transcription_id)
+        return with_queue_position(transcription_visible_to(user=user)).get(
+            pk=transcription_id
+        )
     except (Transcription.DoesNotExist, ValueError):
         raise Http404 from None

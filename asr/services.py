@@ -314,8 +314,14 @@ def transcription_process(
         )
         decoded = time.monotonic()
         duration = samples.shape[0] / audio_lib.SAMPLE_RATE
+        Transcription.objects.filter(pk=job.pk, attempts=job.attempts).update(
+            duration=round(duration, 3)
+        )
         result: TranscriptionResult = engine.transcribe(
-            samples, audio_lib.SAMPLE_RATE, job.language or None
+            samples,
+            audio_lib.SAMPLE_RATE,
+            job.language or None,
+            on_segment=ProgressReporter(job),
         )
         finished = time.monotonic()
     except audio_lib.AudioError as exc:
@@ -364,6 +370,113 @@ def transcription_process(
         logger.warning("job %s: result dropped, another attempt finished it", job.id)
 
 
+class ProgressReporter:
+    """Given to the engine as ``on_segment``: publishes partial results, throttled.
+
+    Progress is pushed to watchers but not kept in the history (a long file has
+    thousands of segments); the partial transcript is kept on the row, so a client
+    that reconnects mid-job gets it in its snapshot.
+    """
+
+    def __init__(self, job: Transcription) -> None:
+        self.job = job
+        self.segments: list[dict[str, Any]] = []
+        self.last_sent = time.monotonic()
+
+    def __call__(self, segment: Any) -> None:
+        self.segments.append(
+            {"start": segment.start, "end": segment.end, "text": segment.text}
+        )
+        now = time.monotonic()
+        if now - self.last_sent >= settings.ASR_PROGRESS_INTERVAL:
+            self.last_sent = now
+            transcription_progress(
+                transcription=self.job,
+                processed_seconds=segment.end,
+                segments=self.segments,
+            )
+
+
+def transcription_progress(
+    *,
+    transcription: Transcription,
+    processed_seconds: float,
+    segments: list[dict[str, Any]],
+) -> None:
+    """Store and announce how far a running attempt has got."""
+    from asr.events import announce_progress
+    from asr.events import next_event_seq
+
+    with transaction.atomic():
+        updated = Transcription.objects.filter(
+            pk=transcription.pk,
+            status=Status.RUNNING,
+            attempts=transcription.attempts,
+        ).update(
+            processed_seconds=round(processed_seconds, 3),
+            segments=segments,
+            text=" ".join(s["text"] for s in segments if s["text"]).strip(),
+        )
+        if not updated:
+            return
+        seq = next_event_seq(transcription.pk)
+        transaction.on_commit(
+            lambda: announce_progress(
+                transcription_id=transcription.pk,
+                seq=seq,
+                processed_seconds=processed_seconds,
+            )
+        )
+
+
+def transcription_retry(*, transcription: Transcription) -> Transcription:
+    """Run a failed or cancelled job again, from the start, as a fresh job."""
+    if transcription.status not in (Status.FAILED, Status.CANCELLED):
+        raise ApplicationError(
+            f"This job is {transcription.status}; only failed or cancelled jobs can "
+            "be retried.",
+            code="not_retryable",
+            status=409,
+        )
+    if not transcription.audio.name or not default_storage.exists(
+        transcription.audio.name
+    ):
+        raise ApplicationError(
+            "The audio of this job is no longer stored; upload it again.",
+            code="audio_missing",
+            status=409,
+        )
+    with transaction.atomic():
+        updated = Transcription.objects.filter(
+            pk=transcription.pk, status__in=[Status.FAILED, Status.CANCELLED]
+        ).update(
+            status=Status.QUEUED,
+            attempts=0,
+            task_id=str(uuid.uuid4()),
+            error_code="",
+            error_message="",
+            text="",
+            segments=[],
+            processed_seconds=None,
+            started_at=None,
+            finished_at=None,
+            deadline_at=None,
+        )
+        if not updated:
+            raise ApplicationError(
+                "This job changed meanwhile; reload it.", code="conflict", status=409
+            )
+        transcription_event_record(
+            transcription_id=transcription.pk,
+            kind=Kind.RETRIED,
+            data={"previous_error": transcription.error_code},
+        )
+        transcription.refresh_from_db()
+        job = transcription
+        transaction.on_commit(lambda: transcription_enqueue(transcription=job))
+    return transcription
+
+
 def transcription_cancel(*, transcription: Transcription) -> Transcription:
     """Cancel a queued job and revoke its message; a running job cannot be stopped."""
     updated = Transcription.objects.filter(
@@ -405,6 +518,18 @@ def transcription_delete(*, transcription: Transcription) -> None:
         transcription.delete()
         if name:
             transaction.on_commit(lambda: default_storage.delete(name))
+
+
+def transcription_delete_audio(*, transcription: Transcription) -> bool:
+    """Remove a finished job's audio but keep its row and transcript (retention)."""
+    if not transcription.is_finished or not transcription.audio.name:
+        return False
+    name = transcription.audio.name
+    with transaction.atomic():
+        Transcription.objects.filter(pk=transcription.pk).update(audio="")
+        transaction.on_commit(lambda: default_storage.delete(name))
+    transcription.audio.name = ""
+    return True
 
 
 def transcription_delete_or_cancel(

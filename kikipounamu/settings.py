@@ -62,12 +62,16 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "channels",
     "asr",
     "bots",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, the upload page) from the app itself: no separate server
+    # needed on one machine. https://whitenoise.readthedocs.io/en/stable/django.html
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -141,7 +145,11 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default="") or VAR_DIR / "static")
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Serve straight from the apps' static folders, so `make run` needs no collectstatic;
+# production runs collectstatic and sets this off.
+WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
 
 # Uploaded audio lives here and nowhere else.
 # https://docs.djangoproject.com/en/5.2/ref/settings/#media-root
@@ -151,7 +159,8 @@ MEDIA_URL = "media/"
 FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
 FILE_UPLOAD_PERMISSIONS = 0o640
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/upload/"
 
 # Redis: broker, result backend (and, later, cache and channel layer) -----------------
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -163,6 +172,33 @@ if not REDIS_URL:
         VAR_DIR / "redis", port=embedded_port_from_env()
     )
     REDIS_URL = f"{EMBEDDED_REDIS.url}/{env.int('KIKI_REDIS_DB', default=0)}"
+
+# Realtime (Django Channels) ----------------------------------------------------------
+# The channel layer lives on the same Redis as the broker. It is at-most-once: every
+# (re)connect gets a snapshot from the database first, then events with a sequence
+# number. https://channels.readthedocs.io/en/stable/topics/channel_layers.html
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": env.str("CHANNEL_LAYER_PREFIX", default="asgi"),
+            # Events older than this are useless to a browser: it resyncs by snapshot.
+            "expiry": 60,
+            "group_expiry": 24 * 3600,
+            "capacity": 500,
+        },
+    },
+}
+# A signed token that lets an API client (no session) open a job's WebSocket.
+WS_TOKEN_MAX_AGE = env.int("WS_TOKEN_MAX_AGE", default=3600)
+# The consumer sends {"type": "heartbeat"} this often; uvicorn's protocol-level
+# pings (--ws-ping-interval/--ws-ping-timeout) drop half-open connections.
+WS_HEARTBEAT_SECONDS = env.float("WS_HEARTBEAT_SECONDS", default=25)
+# Jobs in a user's feed snapshot.
+WS_FEED_SNAPSHOT_SIZE = env.int("WS_FEED_SNAPSHOT_SIZE", default=50)
+# Progress events from a running job at most this often.
+ASR_PROGRESS_INTERVAL = env.float("ASR_PROGRESS_INTERVAL", default=0.5)
 
 # Speech recognition -------------------------------------------------------------------
 # Which engine a worker loads: whisper (offline default), synthetic (load tests only).

@@ -1,13 +1,16 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.http import HttpRequest
 from django.http import HttpResponse
 from django.http import JsonResponse
 from django.urls import include
 from django.urls import path
 from django.views import defaults
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 from drf_spectacular.views import SpectacularSwaggerView
 
+from asr import views as asr_views
 from kikipounamu import api
 
 
@@ -16,6 +19,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [
+    path("", RedirectView.as_view(url="/upload/", permanent=False)),
+    path("upload/", asr_views.upload_page, name="upload"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("asr.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -138,9 +138,9 @@ def start_web(**env: str) -> tuple[Process, str]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{base}/healthz", timeout=1).ok:
+            if requests.get(f"{base}/healthz", timeout=5).ok:
                 return proc, base
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         if proc.popen.poll() is not None:
             raise RuntimeError(f"web exited:\n{proc.log()[-4000:]}")

@@ -19,6 +19,7 @@ os.environ.setdefault("DATABASE_TEST_NAME", str(_VAR / f"test-{RUN_ID}.sqlite3")
 
 from kikipounamu.settings import *  # noqa: E402,F403
 from kikipounamu.settings import CELERY_BROKER_TRANSPORT_OPTIONS  # noqa: E402
+from kikipounamu.settings import CHANNEL_LAYERS  # noqa: E402
 from kikipounamu.settings import DATABASES  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -29,6 +30,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     **CELERY_BROKER_TRANSPORT_OPTIONS,
     "global_keyprefix": REDIS_KEY_PREFIX,
 }
+
+CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_KEY_PREFIX}asgi"
 
 _db = DATABASES["default"]
 if _db["ENGINE"] != "django.db.backends.sqlite3":

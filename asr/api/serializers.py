@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from asr.formats import FORMATS
 from asr.models import Transcription
+from asr.selectors import queue_position
 
 
 class TranscriptionCreateSerializer(serializers.Serializer):
@@ -57,6 +58,9 @@ class TranscriptionSerializer(serializers.ModelSerializer):
             "meta",
             "error",
             "attempts",
+            "queue_position",
+            "processed_seconds",
+            "event_seq",
             "task_id",
             "worker_hostname",
             "created_at",
@@ -69,6 +73,13 @@ class TranscriptionSerializer(serializers.ModelSerializer):
             "links",
         ]
         read_only_fields = fields
+
+    queue_position = serializers.SerializerMethodField(
+        help_text="1 for the next job to run; null unless queued."
+    )
+
+    def get_queue_position(self, obj: Transcription) -> int | None:
+        return queue_position(obj)
 
     @extend_schema_field(ErrorSerializer(allow_null=True))
     def get_error(self, obj: Transcription) -> dict[str, str] | None:
@@ -87,6 +98,17 @@ class TranscriptionSerializer(serializers.ModelSerializer):
                 reverse("asr-api:transcription-transcript", args=[obj.id, fmt])
             )
         return links
+
+
+def websocket_url(request: Any, obj: Transcription) -> str:
+    """The job's WebSocket, with a signed token for clients that have no session."""
+    from asr.realtime import ws_token_for_job
+
+    path = f"/ws/transcriptions/{obj.id}/?token={ws_token_for_job(obj)}"
+    if request is None:
+        return path
+    scheme = "wss" if request.is_secure() else "ws"
+    return f"{scheme}://{request.get_host()}{path}"
 
 
 class TranscriptionListQuerySerializer(serializers.Serializer):

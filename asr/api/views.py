@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import FileResponse
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.generics import GenericAPIView
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -61,11 +63,13 @@ class TranscriptionListCreateApi(GenericAPIView):
                     code="file_missing",
                 )
             serializer.is_valid(raise_exception=True)
+        # The staff page posts here with its session: that door is "web".
+        by_session = isinstance(request.successful_authenticator, SessionAuthentication)
         job = services.transcription_create(
             owner=request.user,
             audio=serializer.validated_data["file"],
             language=serializer.validated_data.get("language"),
-            source=Transcription.Source.API,
+            source=Transcription.Source.WEB if by_session else Transcription.Source.API,
         )
         data = TranscriptionSerializer(job, context={"request": request}).data
         return Response(
@@ -135,3 +139,56 @@ class TranscriptionTranscriptApi(APIView):
         )
         response["Content-Disposition"] = f'attachment; filename="{stem}.{fmt}"'
         return response
+
+
+class TranscriptionRetryApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: TranscriptionSerializer},
+        summary="Run a failed or cancelled job again",
+    )
+    def post(self, request: Request, transcription_id: Any) -> Response:
+        job = selectors.transcription_get(
+            user=request.user, transcription_id=transcription_id
+        )
+        job = services.transcription_retry(transcription=job)
+        data = TranscriptionSerializer(job, context={"request": request}).data
+        return Response(data, status=status.HTTP_202_ACCEPTED)
+
+
+class TranscriptionAudioApi(APIView):
+    @extend_schema(
+        responses={(200, "audio/*"): OpenApiTypes.BINARY}, summary="The uploaded audio"
+    )
+    def get(self, request: Request, transcription_id: Any) -> FileResponse:
+        job = selectors.transcription_get(
+            user=request.user, transcription_id=transcription_id
+        )
+        if not job.audio.name or not job.audio.storage.exists(job.audio.name):
+            raise ApplicationError(
+                "The audio of this job is no longer stored.",
+                code="audio_missing",
+                status=404,
+            )
+        response = FileResponse(
+            job.audio.open("rb"), content_type=audio_content_type(job.audio.name)
+        )
+        response["Content-Disposition"] = "inline"
+        return response
+
+
+_AUDIO_TYPES = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".m4a": "audio/mp4",
+    ".webm": "audio/webm",
+}
+
+
+def audio_content_type(name: str) -> str:
+    for ext, content_type in _AUDIO_TYPES.items():
+        if name.endswith(ext):
+            return content_type
+    return "application/octet-stream"

@@ -61,7 +61,12 @@ class EngineTransientError(Exception):
 
 
 class Engine(Protocol):
-    """A loaded model. Built once per worker process, then called for every job."""
+    """A loaded model. Built once per worker process, then called for every job.
+
+    ``transcribe`` options every engine accepts: ``on_segment``, a callable given each
+    segment as soon as it is known (progress); engines that only know segments at
+    the end call it then, or not at all.
+    """
 
     name: str
     model_name: str

@@ -121,6 +121,7 @@ class WhisperEngine(SequentialBatchMixin):
                 f"only; '{language}' was requested. Leave the language empty or "
                 "use 'en'.",
             )
+        on_segment = options.get("on_segment")
         segments_iter, info = self._model.transcribe(
             samples,
             language=language,
@@ -138,9 +139,12 @@ class WhisperEngine(SequentialBatchMixin):
                 if seg.words
                 else None
             )
-            segments.append(
-                Segment(round(seg.start, 3), round(seg.end, 3), seg.text.strip(), words)
+            segment = Segment(
+                round(seg.start, 3), round(seg.end, 3), seg.text.strip(), words
             )
+            segments.append(segment)
+            if on_segment is not None:
+                on_segment(segment)
         return TranscriptionResult(
             text=" ".join(s.text for s in segments if s.text).strip(),
             language=info.language,
