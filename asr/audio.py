@@ -10,10 +10,12 @@ limit instead of filling memory.
 from __future__ import annotations
 
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from typing import Any
+from typing import Union
 
 import av
 import numpy as np
@@ -48,6 +50,9 @@ TRUNCATION_TOLERANCE_SECONDS = 0.5
 TRUNCATION_TOLERANCE_RATIO = 0.05
 # FFmpeg skips a damaged packet and goes on; too many of them is a corrupt file.
 MAX_BAD_PACKETS = 8
+# WAV data sizes from this up are the placeholders that recorders writing to a pipe
+# put in the header (FFmpeg 0xFFFFFFFF, arecord and sox ~0x7FFFFFFF): length unknown.
+WAV_UNKNOWN_LENGTH = 0x7FFF_0000
 
 
 class AudioError(Exception):
@@ -67,7 +72,18 @@ class ProbeInfo:
     duration_hint: float | None  # from headers: never trusted for limits
 
 
-Source = str | Path | IO[bytes]
+Source = Union[str, Path, IO[bytes], "_Unnamed"]
+
+
+class _Unnamed:
+    """A file without its name. Given a name (a path, or a file object's .name),
+    FFmpeg also trusts its extension when guessing the format: random bytes called
+    .flac then open as an empty FLAC. The content alone must decide."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.read = fh.read
+        self.seek = fh.seek
+        self.tell = fh.tell
 
 
 def _open(source: Source, *, metadata_errors: str = "ignore") -> Any:
@@ -86,7 +102,21 @@ def _open(source: Source, *, metadata_errors: str = "ignore") -> Any:
             "This file is not audio we can read. Send WAV, FLAC, MP3, OGG (Opus or "
             "Vorbis), M4A/AAC, WebM (Opus) or an MP4 with an audio track.",
         ) from exc
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+    except av.error.EOFError as exc:
+        # A container cut inside its headers, or bytes FFmpeg took for one because
+        # of the file's name: from here the two look the same.
+        raise AudioError(
+            UNSUPPORTED_FORMAT,
+            "This file ends before any audio starts. If it is audio, it was cut "
+            "short: upload the whole file again.",
+        ) from exc
+    except av.error.FFmpegError as exc:
+        # str(exc) names the file's path on this machine: give the reason only.
+        raise AudioError(
+            UNSUPPORTED_FORMAT,
+            f"This file could not be opened as audio ({exc.strerror}).",
+        ) from exc
+    except (UnicodeDecodeError, ValueError) as exc:
         raise AudioError(
             UNSUPPORTED_FORMAT, f"This file could not be opened as audio ({exc})."
         ) from exc
@@ -101,6 +131,9 @@ def _format_extension(format_name: str) -> str | None:
 
 def probe(source: Source) -> ProbeInfo:
     """Check cheaply (headers only) that ``source`` is a container we take with audio."""
+    if isinstance(source, str | Path):
+        with open(source, "rb") as fh:
+            return probe(_Unnamed(fh))
     with _open(source) as container:
         if not container.streams.audio:
             raise AudioError(
@@ -115,13 +148,24 @@ def probe(source: Source) -> ProbeInfo:
                 f"Files of type '{container.format.long_name or container.format.name}'"
                 " are not supported. Send WAV, FLAC, MP3, OGG, M4A, WebM or MP4.",
             )
-        stream = container.streams.audio[0]
+        stream = _decodable(container.streams.audio[0])
         return ProbeInfo(
             format_name=container.format.name,
             extension=extension,
             codec=stream.codec_context.name,
             duration_hint=_declared_duration(container, stream),
         )
+
+
+def _decodable(stream: Any) -> Any:
+    # PyAV gives no codec context for a codec this FFmpeg cannot decode.
+    if stream.codec_context is None:
+        raise AudioError(
+            UNSUPPORTED_FORMAT,
+            "The audio in this file is in a codec we cannot decode. Send WAV, FLAC, "
+            "MP3, OGG (Opus or Vorbis), M4A/AAC, WebM (Opus) or MP4.",
+        )
+    return stream
 
 
 def _declared_duration(container: Any, stream: Any) -> float | None:
@@ -145,6 +189,14 @@ def decode(
     seconds of wall time, for a file cut short of its declared length, and for a
     file with no samples.
     """
+    if isinstance(source, str | Path):
+        with open(source, "rb") as fh:
+            return decode(
+                _Unnamed(fh),
+                max_seconds=max_seconds,
+                timeout=timeout,
+                sample_rate=sample_rate,
+            )
     started = time.monotonic()
     max_samples = int(max_seconds * sample_rate)
     chunks: list[np.ndarray] = []
@@ -155,8 +207,9 @@ def decode(
             raise AudioError(NO_AUDIO_STREAM, "This file has no audio track.")
         if _format_extension(container.format.name) is None:
             raise AudioError(UNSUPPORTED_FORMAT, "This file type is not supported.")
-        stream = container.streams.audio[0]
+        stream = _decodable(container.streams.audio[0])
         declared = _declared_duration(container, stream)
+        is_wav = container.format.name == "wav"
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
 
         def take(frames: Any) -> None:
@@ -199,12 +252,30 @@ def decode(
             for frame in frames:
                 # Timestamps of a damaged stream confuse the resampler's clock.
                 frame.pts = None
-                take(resampler.resample(frame))
+                try:
+                    resampled = resampler.resample(frame)
+                except av.error.FFmpegError as exc:
+                    # e.g. 9 or 32 channels in no layout FFmpeg can mix down.
+                    raise AudioError(
+                        UNSUPPORTED_FORMAT,
+                        f"This audio ({frame.layout.nb_channels} channels, "
+                        f"{frame.sample_rate} Hz) cannot be mixed down to mono "
+                        f"({exc.strerror}). Send mono or stereo audio.",
+                    ) from exc
+                take(resampled)
         take(resampler.resample(None))
 
-    if total == 0:
-        raise AudioError(EMPTY_AUDIO, "This file holds no audio samples.")
+    if is_wav:
+        declared = _wav_declared_duration(source) or declared
     decoded_seconds = total / sample_rate
+    if total == 0:
+        if declared:
+            raise AudioError(
+                CORRUPT_AUDIO,
+                f"This file declares {declared:.1f} s of audio but none of it can be "
+                "decoded: it is damaged.",
+            )
+        raise AudioError(EMPTY_AUDIO, "This file holds no audio samples.")
     if declared is not None and declared > 0:
         shortfall = declared - decoded_seconds
         if shortfall > max(
@@ -218,9 +289,31 @@ def decode(
     return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
 
-def _corrupt(exc: Exception) -> AudioError:
+def _wav_declared_duration(source: Source) -> float | None:
+    """The length a PCM WAV header declares, where it declares one.
+
+    FFmpeg drops a data size that runs past the end of the file and estimates the
+    length from the file size instead, which hides a cut-off upload; the standard
+    library's reader reports what the header says.
+    """
+    try:
+        if not isinstance(source, str | Path):
+            source.seek(0)
+        with wave.open(str(source) if isinstance(source, Path) else source) as reader:  # type: ignore[arg-type]
+            frames = reader.getnframes()
+            rate = reader.getframerate()
+            data_bytes = frames * reader.getnchannels() * reader.getsampwidth()
+    except (wave.Error, EOFError, OSError):
+        return None  # not plain PCM (float, extensible): FFmpeg's figure stands
+    if data_bytes >= WAV_UNKNOWN_LENGTH:
+        return None
+    return frames / rate
+
+
+def _corrupt(exc: av.error.FFmpegError) -> AudioError:
+    # Not str(exc): it names the file's path on this machine.
     return AudioError(
-        CORRUPT_AUDIO, f"This audio is damaged and cannot be decoded ({exc})."
+        CORRUPT_AUDIO, f"This audio is damaged and cannot be decoded ({exc.strerror})."
     )
 
 

@@ -74,3 +74,8 @@ def transcription_get(*, user: Any, transcription_id: Any) -> Transcription:
         )
     except (Transcription.DoesNotExist, ValueError):
         raise Http404 from None
+
+
+def transcription_queue_length() -> int:
+    """Jobs waiting for a worker: a newcomer's place in the queue is this + 1."""
+    return Transcription.objects.filter(status=Status.QUEUED).count()

@@ -97,6 +97,9 @@ class TranscriptionSerializer(serializers.ModelSerializer):
             links[fmt] = url(
                 reverse("asr-api:transcription-transcript", args=[obj.id, fmt])
             )
+        links["audio"] = url(reverse("asr-api:transcription-audio", args=[obj.id]))
+        links["retry"] = url(reverse("asr-api:transcription-retry", args=[obj.id]))
+        links["websocket"] = websocket_url(request, obj)
         return links
 
 

@@ -262,3 +262,56 @@ def test_schema_and_swagger_ui_are_served(client: Any) -> None:
     assert schema.status_code == 200
     assert b"/api/v1/transcriptions" in schema.content
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_links_include_audio_retry_and_a_signed_websocket(
+    api_client: APIClient, user: Any
+) -> None:
+    from asr.realtime import ws_token_job_id
+
+    job = make_job(user, status=Transcription.Status.QUEUED)
+    links = api_client.get(f"{URL}/{job.id}").json()["links"]
+    assert links["audio"].endswith(f"/api/v1/transcriptions/{job.id}/audio")
+    assert links["retry"].endswith(f"/api/v1/transcriptions/{job.id}/retry")
+    assert links["websocket"].startswith(
+        f"ws://testserver/ws/transcriptions/{job.id}/?token="
+    )
+    token = links["websocket"].split("token=", 1)[1]
+    assert ws_token_job_id(token) == str(job.id)
+
+
+def test_audio_is_served_to_its_owner_only(api_client: APIClient, user: Any) -> None:
+    job = make_job(user, status=Transcription.Status.SUCCEEDED)
+    response = api_client.get(f"{URL}/{job.id}/audio")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "audio/wav"
+    assert b"".join(response.streaming_content).startswith(b"RIFF")
+    stranger = APIClient()
+    stranger.force_authenticate(UserFactory())
+    assert stranger.get(f"{URL}/{job.id}/audio").status_code == 404
+
+
+def test_retry_requeues_a_failed_job_as_new(
+    api_client: APIClient, user: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = make_job(
+        user,
+        status=Transcription.Status.FAILED,
+        error_code="timeout",
+        error_message="slow",
+        attempts=2,
+    )
+    old_task = job.task_id
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = api_client.post(f"{URL}/{job.id}/retry")
+    assert response.status_code == 202
+    body = response.json()
+    assert (body["status"], body["attempts"], body["error"]) == ("queued", 0, None)
+    assert body["task_id"] != old_task
+    assert len(callbacks) == 2  # enqueue + event announcement, after commit
+    assert list(job.events.values_list("kind", flat=True)) == ["retried"]
+
+    # a job that is not failed or cancelled cannot be retried
+    again = api_client.post(f"{URL}/{job.id}/retry")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "not_retryable"

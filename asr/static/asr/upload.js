@@ -62,7 +62,12 @@
   }
 
   function renderJob(job) {
-    const item = el("li", { class: `job status-${job.status}`, "data-job-id": job.id, "data-status": job.status });
+    const item = el("li", {
+      class: `job status-${job.status}`,
+      "data-job-id": job.id,
+      "data-status": job.status,
+      "data-seq": job.seq,
+    });
     item.append(
       el("div", { class: "job-head" },
         el("span", { class: "name" }, job.original_filename || job.id),
