@@ -1,8 +1,10 @@
 from django.urls import path
 
 from asr import consumers
+from asr.ops.consumers import OpsConsumer
 
 websocket_urlpatterns = [
+    path("ws/ops/", OpsConsumer.as_asgi()),
     path("ws/transcriptions/", consumers.FeedConsumer.as_asgi()),
     path(
         "ws/transcriptions/<uuid:transcription_id>/",

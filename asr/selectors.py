@@ -13,6 +13,7 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from asr.models import Transcription
+from asr.models import TranscriptionEvent
 
 Status = Transcription.Status
 
@@ -45,6 +46,20 @@ def queue_position(job: Transcription) -> int | None:
     return int(ahead) + 1
 
 
+def transcription_eta_seconds(job: Transcription) -> int | None:
+    """Seconds until a queued job should be done (None if not queued or unknown)."""
+    from asr.ops.stats import eta_seconds
+
+    return eta_seconds(position=queue_position(job))
+
+
+def queue_eta_seconds(*, position: int) -> int | None:
+    """The same estimate for a place in the queue, e.g. a newcomer's (length + 1)."""
+    from asr.ops.stats import eta_seconds
+
+    return eta_seconds(position=position)
+
+
 def transcription_visible_to(*, user: Any) -> QuerySet[Transcription]:
     """Staff see every job; everyone else only their own."""
     qs = Transcription.objects.all()
@@ -74,6 +89,14 @@ def transcription_get(*, user: Any, transcription_id: Any) -> Transcription:
         )
     except (Transcription.DoesNotExist, ValueError):
         raise Http404 from None
+
+
+def transcription_events(
+    *, user: Any, transcription_id: Any
+) -> QuerySet[TranscriptionEvent]:
+    """The job's history, oldest first; 404 where the job itself would be."""
+    job = transcription_get(user=user, transcription_id=transcription_id)
+    return TranscriptionEvent.objects.filter(transcription=job).order_by("seq")
 
 
 def transcription_queue_length() -> int:

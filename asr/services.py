@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import uuid
 from datetime import timedelta
@@ -59,7 +60,11 @@ def transcription_create(
 
     Only container headers are read here (cheap); the real decoding, with its limits,
     is the worker's. Nothing is left behind when validation or the insert fails.
+    API and web submissions are refused (503 ``busy``) while the queue is full; the
+    Telegram door calls ``admission_check`` itself, before downloading anything.
     """
+    if source in (Transcription.Source.API, Transcription.Source.WEB):
+        admission_check()
     try:
         language_code = normalise_language(language)
     except ValueError:
@@ -123,12 +128,14 @@ def transcription_create(
     try:
         with transaction.atomic():
             job.save(force_insert=True)
+            # Enqueue first: on_commit callbacks run in order, and the job should
+            # not wait for the realtime push of its "accepted" event.
+            transaction.on_commit(lambda: transcription_enqueue(transcription=job))
             transcription_event_record(
                 transcription_id=job.id,
                 kind=Kind.ACCEPTED,
                 data={"source": source, "size": size, "format": info.format_name},
             )
-            transaction.on_commit(lambda: transcription_enqueue(transcription=job))
     except Exception:
         # The row did not make it: the stored audio must not outlive it.
         job.audio.delete(save=False)
@@ -142,6 +149,34 @@ def transcription_create(
         source,
     )
     return job
+
+
+def admission_check() -> None:
+    """Refuse new work while the `asr` queue holds ASR_MAX_QUEUE_DEPTH messages or more.
+
+    Raises ApplicationError(code="busy", status=503) with ``retry_after`` (seconds,
+    estimated from how fast recent jobs ran) in ``extra``; the API sends it as the
+    Retry-After header, a bot can tell its user how long to wait.
+    """
+    from asr.ops import stats
+
+    depth = stats.asr_queue_depth()
+    if depth < settings.ASR_MAX_QUEUE_DEPTH:
+        return
+    retry_after = stats.busy_retry_after(depth=depth)
+    logger.warning(
+        "submission refused: asr queue %d deep (limit %d), retry after %d s",
+        depth,
+        settings.ASR_MAX_QUEUE_DEPTH,
+        retry_after,
+    )
+    raise ApplicationError(
+        f"The transcription queue is full ({depth} jobs waiting). Try again in "
+        f"about {retry_after} seconds.",
+        code="busy",
+        status=503,
+        extra={"retry_after": retry_after, "queue_depth": depth},
+    )
 
 
 def _local_source(audio: File) -> Any:
@@ -346,7 +381,8 @@ def transcription_process(
         status=Status.SUCCEEDED,
         text=result.text,
         segments=result.segments_as_dicts(),
-        meta=result.meta,
+        # The pid tells which worker process (and model load) ran it.
+        meta={**result.meta, "worker_pid": os.getpid()},
         detected_language=result.language or "",
         duration=round(duration, 3),
         engine=engine.name,

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from celery import shared_task
+from celery.signals import task_postrun
 from celery.signals import worker_process_init
 from django.conf import settings
 
@@ -14,6 +15,7 @@ from asr import services
 from asr.broker import broker_task_ids
 from asr.engines import EngineTransientError
 from asr.worker import get_engine
+from asr.worker import recycle_if_over_vram
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,14 @@ def reconcile() -> dict[str, int]:
     return counts
 
 
+@shared_task(name="asr.retention", ignore_result=True)
+def retention() -> dict[str, int]:
+    """Periodic (beat): delete old audio, then old finished jobs (ASR_RETENTION_*)."""
+    from asr.ops.retention import retention_purge
+
+    return retention_purge()
+
+
 @worker_process_init.connect
 def _preload_engine(**_: Any) -> None:
     # Load the model when the process starts so the first job does not pay for it,
@@ -65,3 +75,10 @@ def _preload_engine(**_: Any) -> None:
     queues = set(app.amqp.queues.consume_from or {})
     if settings.ASR_PRELOAD and "asr" in queues:
         get_engine()
+
+
+@task_postrun.connect
+def _recycle_over_vram(sender: Any = None, **_: Any) -> None:
+    # CUDA memory fragments over days; a process past its limit is replaced.
+    if getattr(sender, "name", "") == "asr.transcribe":
+        recycle_if_over_vram()

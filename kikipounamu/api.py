@@ -34,9 +34,13 @@ def _first_message(detail: Any) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        return Response(
+        rendered = Response(
             error_body(exc.code, exc.message, exc.extra or None), status=exc.status_code
         )
+        # "busy" (503) and the like: tell clients when to come back (RFC 9110 10.2.3).
+        if exc.extra.get("retry_after") is not None:
+            rendered["Retry-After"] = str(int(exc.extra["retry_after"]))
+        return rendered
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(detail=exc.messages)
     elif isinstance(exc, Http404):

@@ -16,6 +16,7 @@ from django.conf import settings  # noqa: E402
 
 from asr.routing import websocket_urlpatterns  # noqa: E402
 from kikipounamu.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
+from kikipounamu.asgi_limits import ConcurrencyLimitMiddleware  # noqa: E402
 from kikipounamu.ws_origin import BrowserOriginValidator  # noqa: E402
 
 # Room for the multipart envelope and the other form fields around the file.
@@ -24,7 +25,9 @@ _MULTIPART_OVERHEAD = 64 * 1024
 application = ProtocolTypeRouter(
     {
         "http": BodySizeLimitMiddleware(
-            django_application,
+            ConcurrencyLimitMiddleware(
+                django_application, settings.WEB_MAX_CONCURRENT_REQUESTS
+            ),
             max_body_bytes=settings.ASR_MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
             describe_limit=f"{settings.ASR_MAX_UPLOAD_BYTES / 1e6:.0f} MB",
         ),

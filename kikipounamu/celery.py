@@ -1,11 +1,44 @@
 """The one Celery app, configured from Django settings (namespace CELERY_)."""
 
 import os
+from typing import Any
 
+import click
 from celery import Celery
+from celery import bootsteps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kikipounamu.settings")
 
 app = Celery("kikipounamu")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Logging through settings.LOGGING, log context per task, worker heartbeats.
+import asr.ops.celery_signals  # noqa: E402,F401
+
+# `celery -A kikipounamu worker -Q asr --gpus 0,1`: one pool process per GPU, each
+# pinned to its own (asr.worker.pinned_device). Forked processes inherit ASR_GPUS.
+app.user_options["worker"].add(
+    click.Option(
+        ["--gpus"],
+        default=None,
+        help="Comma-separated GPU ids; starts one pool process per GPU, each "
+        "seeing only its own (sets the concurrency).",
+    )
+)
+
+
+class GpuPinning(bootsteps.Step):
+    """Applies ``--gpus`` before the pool is created."""
+
+    def __init__(self, parent: Any, gpus: str | None = None, **options: Any) -> None:
+        super().__init__(parent, **options)
+        ids = [gpu.strip() for gpu in (gpus or "").split(",") if gpu.strip()]
+        if ids:
+            os.environ["ASR_GPUS"] = ",".join(ids)
+            parent.concurrency = len(ids)
+            # The pool step may have read the concurrency already.
+            parent.min_concurrency = len(ids)
+
+
+app.steps["worker"].add(GpuPinning)

@@ -125,7 +125,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     # https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    # 0 by default: under ASGI every request runs in its own thread with its own
+    # connection, so persistent connections pile up past max_connections.
+    # https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -173,6 +176,10 @@ if not REDIS_URL:
     )
     REDIS_URL = f"{EMBEDDED_REDIS.url}/{env.int('KIKI_REDIS_DB', default=0)}"
 
+# Requests inside Django at once, per web process (0: no limit); the rest wait in
+# the event loop. Bounds threads and database connections under bursts.
+WEB_MAX_CONCURRENT_REQUESTS = env.int("WEB_MAX_CONCURRENT_REQUESTS", default=8)
+
 # Realtime (Django Channels) ----------------------------------------------------------
 # The channel layer lives on the same Redis as the broker. It is at-most-once: every
 # (re)connect gets a snapshot from the database first, then events with a sequence
@@ -201,7 +208,8 @@ WS_FEED_SNAPSHOT_SIZE = env.int("WS_FEED_SNAPSHOT_SIZE", default=50)
 ASR_PROGRESS_INTERVAL = env.float("ASR_PROGRESS_INTERVAL", default=0.5)
 
 # Speech recognition -------------------------------------------------------------------
-# Which engine a worker loads: whisper (offline default), synthetic (load tests only).
+# Which engine a worker loads: whisper (offline default), funasr (production GPUs),
+# synthetic (load tests only).
 ASR_ENGINE = env.str("ASR_ENGINE", default="whisper")
 # A model directory (CTranslate2 for whisper); empty means the engine's default.
 ASR_MODEL = env.str("ASR_MODEL", default="")
@@ -214,6 +222,25 @@ ASR_BEAM_SIZE = env.int("ASR_BEAM_SIZE", default=5)
 ASR_SYNTHETIC_RTF = env.float("ASR_SYNTHETIC_RTF", default=0.0)
 # Load the engine when a worker process starts, not on its first job.
 ASR_PRELOAD = env.bool("ASR_PRELOAD", default=True)
+# FunASR (ASR_ENGINE=funasr): optional local VAD (fsmn-vad) and punctuation model
+# dirs; hub names only with ASR_ALLOW_DOWNLOAD (offline, AutoModel retries the hub
+# for ~20 s and fails misleadingly). https://github.com/modelscope/FunASR#quick-start
+ASR_VAD_MODEL = env.str("ASR_VAD_MODEL", default="")
+ASR_PUNC_MODEL = env.str("ASR_PUNC_MODEL", default="")
+ASR_ALLOW_DOWNLOAD = env.bool("ASR_ALLOW_DOWNLOAD", default=False)
+ASR_USE_ITN = env.bool("ASR_USE_ITN", default=True)
+# Segments per engine call, and the longest segment (VAD cut or fixed window).
+ASR_BATCH_SIZE = env.int("ASR_BATCH_SIZE", default=16)
+ASR_MAX_SEGMENT_SECONDS = env.float("ASR_MAX_SEGMENT_SECONDS", default=30)
+# GPUs for this worker's processes, e.g. "0,1": pool process i gets GPU i mod n
+# (also the worker option --gpus). Empty: ASR_DEVICE as is.
+ASR_GPUS = env.str("ASR_GPUS", default="")
+# Recycle a worker process after this many tasks, or when its RSS / CUDA memory
+# passes these sizes (0: never). RSS uses Celery's worker_max_memory_per_child.
+# https://docs.celeryq.dev/en/stable/userguide/workers.html#max-tasks-per-child-setting
+ASR_WORKER_MAX_TASKS = env.int("ASR_WORKER_MAX_TASKS", default=0)
+ASR_WORKER_MAX_RSS_MB = env.int("ASR_WORKER_MAX_RSS_MB", default=0)
+ASR_WORKER_MAX_VRAM_MB = env.int("ASR_WORKER_MAX_VRAM_MB", default=0)
 
 # Limits on untrusted audio.
 ASR_MAX_UPLOAD_BYTES = env.int("ASR_MAX_UPLOAD_BYTES", default=100 * 1024 * 1024)
@@ -250,6 +277,17 @@ CELERY_TASK_ROUTES = {
 # One message at a time per process: a long GPU job must not hold others hostage.
 # https://docs.celeryq.dev/en/stable/userguide/optimizing.html#prefetch-limits
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A pool process loads its model before it reports up (asr.tasks preload); a large
+# model on a busy machine takes far longer than Celery's 4 s default.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = env.float(
+    "CELERY_WORKER_PROC_ALIVE_TIMEOUT", default=300
+)
+# Worker process recycling (see ASR_WORKER_MAX_*); Celery takes KiB.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = ASR_WORKER_MAX_TASKS or None
+# A VRAM limit needs the check on (asr.worker.request_recycle): 1 TiB if no RSS one.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = ASR_WORKER_MAX_RSS_MB * 1024 or (
+    2**30 if ASR_WORKER_MAX_VRAM_MB else None
+)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_TRACK_STARTED = True
@@ -304,6 +342,68 @@ CELERY_BEAT_SCHEDULE = {
 
 WORKER_HOSTNAME = env.str("WORKER_HOSTNAME", default="") or socket.gethostname()
 
+# Telegram bot (bots app) --------------------------------------------------------------
+# https://core.telegram.org/bots/api
+# The token from @BotFather. Empty: the bot is off (the webhook still refuses strangers).
+TELEGRAM_BOT_TOKEN = env.str("TELEGRAM_BOT_TOKEN", default="")
+# Telegram sends it in X-Telegram-Bot-Api-Secret-Token on every webhook call; empty
+# refuses every call. 1-256 of A-Z a-z 0-9 _ -.
+# https://core.telegram.org/bots/api#setwebhook
+TELEGRAM_WEBHOOK_SECRET = env.str("TELEGRAM_WEBHOOK_SECRET", default="")
+# The public https URL of /bots/telegram/webhook/, for `manage.py telegram_set_webhook`.
+TELEGRAM_WEBHOOK_URL = env.str("TELEGRAM_WEBHOOK_URL", default="")
+# Telegram opens at most this many webhook connections at once (1-100).
+TELEGRAM_WEBHOOK_MAX_CONNECTIONS = env.int(
+    "TELEGRAM_WEBHOOK_MAX_CONNECTIONS", default=40
+)
+# Telegram's servers; a local Bot API server (github.com/tdlib/telegram-bot-api) or the
+# test suite's fake one otherwise. /bot<token>/<method> and /file/bot<token>/ hang off it.
+TELEGRAM_API_BASE_URL = env.str(
+    "TELEGRAM_API_BASE_URL", default="https://api.telegram.org"
+).rstrip("/")
+# For commands addressed as /help@name in groups; empty: asked once with getMe.
+TELEGRAM_BOT_USERNAME = env.str("TELEGRAM_BOT_USERNAME", default="")
+# Chat ids the bot serves; empty: every chat.
+TELEGRAM_ALLOWED_CHAT_IDS = env.list("TELEGRAM_ALLOWED_CHAT_IDS", cast=int, default=[])
+# Bot API call time-outs (s). A read time-out leaves a send's outcome unknown.
+TELEGRAM_CONNECT_TIMEOUT = env.float("TELEGRAM_CONNECT_TIMEOUT", default=5.0)
+TELEGRAM_READ_TIMEOUT = env.float("TELEGRAM_READ_TIMEOUT", default=20.0)
+TELEGRAM_WRITE_TIMEOUT = env.float("TELEGRAM_WRITE_TIMEOUT", default=20.0)
+# One delivery process per chat at a time (it keeps replies in order). Its lease must
+# outlast one Bot API call, or a second process could send the same part meanwhile.
+_TELEGRAM_CALL_SECONDS = (
+    TELEGRAM_CONNECT_TIMEOUT + TELEGRAM_WRITE_TIMEOUT + TELEGRAM_READ_TIMEOUT
+)
+TELEGRAM_DELIVERY_LEASE_SECONDS = env.float(
+    "TELEGRAM_DELIVERY_LEASE_SECONDS", default=2 * _TELEGRAM_CALL_SECONDS
+)
+if TELEGRAM_DELIVERY_LEASE_SECONDS <= _TELEGRAM_CALL_SECONDS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "TELEGRAM_DELIVERY_LEASE_SECONDS must be longer than the connect + write + "
+        "read time-outs, or a reply part could be sent twice"
+    )
+# A reply part that failed this many times (5xx, time-outs; 429 does not count) is
+# given up; so is one still undelivered after TELEGRAM_GIVE_UP_SECONDS.
+TELEGRAM_DELIVERY_MAX_ATTEMPTS = env.int("TELEGRAM_DELIVERY_MAX_ATTEMPTS", default=8)
+TELEGRAM_RETRY_BACKOFF_BASE = env.float("TELEGRAM_RETRY_BACKOFF_BASE", default=1.0)
+TELEGRAM_RETRY_BACKOFF_MAX = env.float("TELEGRAM_RETRY_BACKOFF_MAX", default=60.0)
+TELEGRAM_GIVE_UP_SECONDS = env.float("TELEGRAM_GIVE_UP_SECONDS", default=24 * 3600.0)
+# Downloads of one recording tried this many times before the user is told.
+TELEGRAM_FETCH_MAX_ATTEMPTS = env.int("TELEGRAM_FETCH_MAX_ATTEMPTS", default=5)
+# A transcript longer than this many messages goes on as the attached .txt only.
+TELEGRAM_MAX_TEXT_MESSAGES = env.int("TELEGRAM_MAX_TEXT_MESSAGES", default=10)
+# Periodic (beat): re-enqueue updates, downloads, answers and replies whose task was
+# lost (a process killed between commit and enqueue, a Redis without its data),
+# once they are this old.
+TELEGRAM_RECONCILE_INTERVAL = env.float("TELEGRAM_RECONCILE_INTERVAL", default=30.0)
+TELEGRAM_RECONCILE_MIN_AGE = env.float("TELEGRAM_RECONCILE_MIN_AGE", default=60.0)
+CELERY_BEAT_SCHEDULE["bots-reconcile"] = {
+    "task": "bots.reconcile",
+    "schedule": TELEGRAM_RECONCILE_INTERVAL,
+}
+
 # REST API -----------------------------------------------------------------------------
 # https://www.django-rest-framework.org/api-guide/settings/
 REST_FRAMEWORK = {
@@ -340,5 +440,73 @@ LOGGING = {
     "loggers": {
         "django.request": {"level": "WARNING"},
         "faster_whisper": {"level": "WARNING"},
+        # httpx logs every request's URL at INFO, and Bot API URLs hold the token.
+        "httpx": {"level": "WARNING"},
     },
+}
+
+# Operations: logs, cache, rate limits, backpressure, metrics, retention ---------------
+# JSON lines (python-json-logger) carrying job_id / task_id / telegram_update_id where
+# they apply, from web, workers and beat alike; "plain" for reading by eye.
+# https://nhairs.github.io/python-json-logger/latest/
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+LOGGING["formatters"]["json"] = {  # type: ignore[index]
+    "()": "pythonjsonlogger.json.JsonFormatter",
+    "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+    "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+}
+LOGGING["filters"] = {"context": {"()": "asr.ops.logs.ContextFilter"}}
+LOGGING["handlers"]["console"]["formatter"] = (  # type: ignore[index]
+    "json" if LOG_FORMAT == "json" else "plain"
+)
+LOGGING["handlers"]["console"]["filters"] = ["context"]  # type: ignore[index]
+# Lines logged while serving /api/v1/transcriptions/<id>/... carry that job id.
+MIDDLEWARE.append("asr.ops.logs.LogContextMiddleware")
+# uvicorn's own lines go through the same handler, so the web's output is all JSON.
+LOGGING["loggers"]["uvicorn"] = {"handlers": ["console"], "propagate": False}  # type: ignore[index]
+
+# The shared cache: DRF's throttle counters must be the same for every web process.
+# https://docs.djangoproject.com/en/5.2/topics/cache/#redis
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="kiki-cache"),
+    }
+}
+# Per-user rate limits (429 + Retry-After). Submissions (POST: upload, retry) have
+# their own, tighter limit. https://www.django-rest-framework.org/api-guide/throttling/
+API_THROTTLE_USER = env.str("API_THROTTLE_USER", default="1200/min")
+API_THROTTLE_SUBMIT = env.str("API_THROTTLE_SUBMIT", default="60/min")
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
+    "asr.ops.throttling.UserRateThrottle",
+    "asr.ops.throttling.SubmitRateThrottle",
+]
+
+# Backpressure: past this many messages waiting in the `asr` queue, API and upload
+# submissions get 503 + Retry-After and nothing is stored (DESIGN.md: backpressure).
+ASR_MAX_QUEUE_DEPTH = env.int("ASR_MAX_QUEUE_DEPTH", default=200)
+# Retry-After when no recent job tells how fast the queue drains; estimates are
+# clamped to [1, ASR_BUSY_RETRY_AFTER_MAX].
+ASR_BUSY_RETRY_AFTER = env.int("ASR_BUSY_RETRY_AFTER", default=30)
+ASR_BUSY_RETRY_AFTER_MAX = env.int("ASR_BUSY_RETRY_AFTER_MAX", default=600)
+# Throughput, ETAs and the dashboard look at jobs finished this recently.
+OPS_THROUGHPUT_WINDOW_SECONDS = env.float("OPS_THROUGHPUT_WINDOW_SECONDS", default=900)
+# Workers write a heartbeat key this often (TTL 3x): live workers without a slow
+# broadcast ping.
+OPS_WORKER_HEARTBEAT_SECONDS = env.float("OPS_WORKER_HEARTBEAT_SECONDS", default=10)
+# The ops dashboard's WebSocket pushes a stats snapshot this often.
+OPS_DASHBOARD_INTERVAL = env.float("OPS_DASHBOARD_INTERVAL", default=3)
+# /metrics (Prometheus text format). Set to require "Authorization: Bearer <token>".
+# https://prometheus.io/docs/prometheus/latest/configuration/configuration/#scrape_config
+METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")
+
+# Retention (beat): audio of finished jobs is deleted after ASR_RETENTION_AUDIO_DAYS,
+# the job rows (with their history) after ASR_RETENTION_JOB_DAYS. 0 keeps forever.
+ASR_RETENTION_AUDIO_DAYS = env.float("ASR_RETENTION_AUDIO_DAYS", default=30)
+ASR_RETENTION_JOB_DAYS = env.float("ASR_RETENTION_JOB_DAYS", default=365)
+ASR_RETENTION_INTERVAL = env.float("ASR_RETENTION_INTERVAL", default=3600)
+CELERY_BEAT_SCHEDULE["asr-retention"] = {
+    "task": "asr.retention",
+    "schedule": ASR_RETENTION_INTERVAL,
 }

@@ -11,6 +11,7 @@ from drf_spectacular.views import SpectacularAPIView
 from drf_spectacular.views import SpectacularSwaggerView
 
 from asr import views as asr_views
+from asr.ops import views as ops_views
 from kikipounamu import api
 
 
@@ -25,6 +26,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("asr.api.urls")),
+    path("bots/", include("bots.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(
         "api/docs/",
@@ -32,6 +34,9 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("healthz", healthz, name="healthz"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", ops_views.metrics_view, name="metrics"),
+    path("ops/", ops_views.dashboard, name="ops-dashboard"),
 ]
 
 

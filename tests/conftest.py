@@ -19,7 +19,8 @@ from tests.factories import UserFactory
 
 def _delete_run_keys() -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
-    for key in client.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}*", count=1000):
+    # Every namespace of this run (see tests/settings.py).
+    for key in client.scan_iter(match=f"kiki-test-{settings.RUN_ID}*", count=1000):
         client.delete(key)
 
 
@@ -32,6 +33,16 @@ def _run_scoped_redis_and_media() -> Iterator[None]:
     yield
     _delete_run_keys()
     shutil.rmtree(media, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counters() -> None:
+    # User ids come round again once a test's transaction is rolled back, and the
+    # rate-limit counters in the shared Redis cache would outlive their users.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    prefix = settings.CACHES["default"]["KEY_PREFIX"]
+    for key in client.scan_iter(match=f"{prefix}:*throttle_*", count=1000):
+        client.delete(key)
 
 
 @pytest.fixture

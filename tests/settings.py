@@ -18,6 +18,7 @@ os.environ.setdefault("MEDIA_ROOT", str(_VAR / "test-media" / RUN_ID))
 os.environ.setdefault("DATABASE_TEST_NAME", str(_VAR / f"test-{RUN_ID}.sqlite3"))
 
 from kikipounamu.settings import *  # noqa: E402,F403
+from kikipounamu.settings import CACHES  # noqa: E402
 from kikipounamu.settings import CELERY_BROKER_TRANSPORT_OPTIONS  # noqa: E402
 from kikipounamu.settings import CHANNEL_LAYERS  # noqa: E402
 from kikipounamu.settings import DATABASES  # noqa: E402
@@ -25,13 +26,17 @@ from kikipounamu.settings import DATABASES  # noqa: E402
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Every broker key of this run (queues, unacked messages) carries its run id.
-REDIS_KEY_PREFIX = f"kiki-test-{RUN_ID}:"
+# A module that runs its own web and workers gives them a namespace, so that the
+# session's worker cannot take their jobs (and theirs cannot take the session's).
+REDIS_KEY_PREFIX = f"kiki-test-{RUN_ID}{os.environ.get('KIKI_TEST_NAMESPACE', '')}:"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     **CELERY_BROKER_TRANSPORT_OPTIONS,
     "global_keyprefix": REDIS_KEY_PREFIX,
 }
 
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_KEY_PREFIX}asgi"
+# Throttle counters (the shared cache) of this run only.
+CACHES["default"]["KEY_PREFIX"] = f"{REDIS_KEY_PREFIX}cache"
 
 _db = DATABASES["default"]
 if _db["ENGINE"] != "django.db.backends.sqlite3":

@@ -8,7 +8,9 @@ from rest_framework import serializers
 
 from asr.formats import FORMATS
 from asr.models import Transcription
+from asr.models import TranscriptionEvent
 from asr.selectors import queue_position
+from asr.selectors import transcription_eta_seconds
 
 
 class TranscriptionCreateSerializer(serializers.Serializer):
@@ -59,6 +61,7 @@ class TranscriptionSerializer(serializers.ModelSerializer):
             "error",
             "attempts",
             "queue_position",
+            "eta_seconds",
             "processed_seconds",
             "event_seq",
             "task_id",
@@ -81,6 +84,14 @@ class TranscriptionSerializer(serializers.ModelSerializer):
     def get_queue_position(self, obj: Transcription) -> int | None:
         return queue_position(obj)
 
+    eta_seconds = serializers.SerializerMethodField(
+        help_text="Estimated seconds until a queued job is done, from how fast recent "
+        "jobs ran; null unless queued or with nothing to estimate from."
+    )
+
+    def get_eta_seconds(self, obj: Transcription) -> int | None:
+        return transcription_eta_seconds(obj)
+
     @extend_schema_field(ErrorSerializer(allow_null=True))
     def get_error(self, obj: Transcription) -> dict[str, str] | None:
         return obj.error()
@@ -99,6 +110,7 @@ class TranscriptionSerializer(serializers.ModelSerializer):
             )
         links["audio"] = url(reverse("asr-api:transcription-audio", args=[obj.id]))
         links["retry"] = url(reverse("asr-api:transcription-retry", args=[obj.id]))
+        links["events"] = url(reverse("asr-api:transcription-events", args=[obj.id]))
         links["websocket"] = websocket_url(request, obj)
         return links
 
@@ -112,6 +124,13 @@ def websocket_url(request: Any, obj: Transcription) -> str:
         return path
     scheme = "wss" if request.is_secure() else "ws"
     return f"{scheme}://{request.get_host()}{path}"
+
+
+class TranscriptionEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TranscriptionEvent
+        fields = ["seq", "kind", "data", "created_at"]
+        read_only_fields = fields
 
 
 class TranscriptionListQuerySerializer(serializers.Serializer):

@@ -22,6 +22,11 @@ urlpatterns = [
         name="transcription-retry",
     ),
     path(
+        "transcriptions/<uuid:transcription_id>/events",
+        views.TranscriptionEventsApi.as_view(),
+        name="transcription-events",
+    ),
+    path(
         "transcriptions/<uuid:transcription_id>/audio",
         views.TranscriptionAudioApi.as_view(),
         name="transcription-audio",

@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from asr import selectors
 from asr import services
 from asr.api.serializers import TranscriptionCreateSerializer
+from asr.api.serializers import TranscriptionEventSerializer
 from asr.api.serializers import TranscriptionListQuerySerializer
 from asr.api.serializers import TranscriptionSerializer
 from asr.formats import FORMATS
@@ -154,6 +155,18 @@ class TranscriptionRetryApi(APIView):
         job = services.transcription_retry(transcription=job)
         data = TranscriptionSerializer(job, context={"request": request}).data
         return Response(data, status=status.HTTP_202_ACCEPTED)
+
+
+class TranscriptionEventsApi(APIView):
+    @extend_schema(
+        responses=TranscriptionEventSerializer(many=True),
+        summary="A job's history: every state change, oldest first, with its seq",
+    )
+    def get(self, request: Request, transcription_id: Any) -> Response:
+        events = selectors.transcription_events(
+            user=request.user, transcription_id=transcription_id
+        )
+        return Response(TranscriptionEventSerializer(events, many=True).data)
 
 
 class TranscriptionAudioApi(APIView):

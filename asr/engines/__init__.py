@@ -22,7 +22,7 @@ __all__ = [
     "load_engine",
 ]
 
-ENGINE_NAMES = ("whisper", "synthetic")
+ENGINE_NAMES = ("whisper", "funasr", "synthetic")
 
 
 def load_engine(name: str, **options: Any) -> Engine:
@@ -31,6 +31,10 @@ def load_engine(name: str, **options: Any) -> Engine:
         from asr.engines.whisper import WhisperEngine
 
         return WhisperEngine(**options)
+    if name == "funasr":
+        from asr.engines.funasr import FunASREngine
+
+        return FunASREngine(**options)
     if name == "synthetic":
         from asr.engines.synthetic import SyntheticEngine
 

@@ -84,7 +84,10 @@ def test_process_stores_result_timings_and_worker() -> None:
     assert job.real_time_factor is not None
     assert job.started_at and job.finished_at and job.deadline_at
     # its history, in order, with one sequence number per event
-    assert [(e.seq, e.kind) for e in job.events.all()] == [(1, "started"), (2, "succeeded")]
+    assert [(e.seq, e.kind) for e in job.events.all()] == [
+        (1, "started"),
+        (2, "succeeded"),
+    ]
     assert job.event_seq == 2
 
 

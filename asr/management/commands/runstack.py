@@ -153,6 +153,7 @@ Everything is running. Where to look next:
   API docs (Swagger UI)  {base}/api/docs/
   admin                  {base}/admin/   user {username}, password {password_hint}
   Flower                 http://127.0.0.1:{flower}/
+  ops dashboard          {base}/ops/   metrics {base}/metrics   ready {base}/readyz
   API token              {token}
   try                    curl -H "Authorization: Token {token}" -F file=@your.mp3 {base}/api/v1/transcriptions
   or                     .venv/bin/python manage.py transcribe your.mp3 --wait --format srt

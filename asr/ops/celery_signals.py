@@ -1,0 +1,101 @@
+"""Worker-side hooks: Django's logging in workers, log context per task, heartbeats.
+
+Connected when kikipounamu.celery is imported, i.e. in every worker, beat and
+Flower process, before Celery sets up its own logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.config
+import threading
+from typing import Any
+
+from celery import signals
+
+from asr.ops import logs
+
+logger = logging.getLogger(__name__)
+
+_task_tokens: dict[str, Any] = {}
+_heartbeat_stop = threading.Event()
+
+
+@signals.setup_logging.connect
+def _django_logging(**_: Any) -> None:
+    # A receiver here stops Celery from replacing the root logger's handlers: the
+    # workers log through settings.LOGGING (JSON lines) like the web does.
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+@signals.task_prerun.connect
+def _bind_task(
+    task_id: str, task: Any, args: Any = None, kwargs: Any = None, **_: Any
+) -> None:
+    job_id = None
+    if task.name == "asr.transcribe":
+        job_id = (kwargs or {}).get("transcription_id") or (args or [None])[0]
+    _task_tokens[task_id] = logs.bind(task_id=task_id, job_id=job_id)
+
+
+@signals.task_postrun.connect
+def _unbind_task(task_id: str, **_: Any) -> None:
+    tokens = _task_tokens.pop(task_id, None)
+    if tokens:
+        # ValueError: bound in another context (a thread pool); nothing to reset.
+        with contextlib.suppress(ValueError):
+            logs.unbind(tokens)
+
+
+def _beat(hostname: str, queues: list[str], concurrency: int) -> None:
+    from django.conf import settings
+
+    from asr.ops import redis_state
+
+    interval = settings.OPS_WORKER_HEARTBEAT_SECONDS
+    while not _heartbeat_stop.is_set():
+        try:
+            redis_state.worker_heartbeat(
+                hostname=hostname,
+                queues=queues,
+                concurrency=concurrency,
+                ttl=3 * interval,
+            )
+        except Exception:
+            logger.warning("worker heartbeat not written", exc_info=True)
+        _heartbeat_stop.wait(interval)
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    # sender is the worker's Consumer; Celery's own heartbeats are events on a
+    # fanout exchange that only a listening process (Flower) sees, so the
+    # dashboard, the metrics and the ETAs read this key instead.
+    hostname = sender.hostname
+    queues = sorted(sender.app.amqp.queues.consume_from or {})
+    controller = getattr(sender, "controller", None)
+    concurrency = int(getattr(controller, "concurrency", None) or 1)
+    _heartbeat_stop.clear()
+    thread = threading.Thread(
+        target=_beat,
+        args=(hostname, queues, concurrency),
+        name="kiki-heartbeat",
+        daemon=True,
+    )
+    thread.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(sender: Any = None, **_: Any) -> None:
+    _heartbeat_stop.set()
+    hostname = getattr(sender, "hostname", None)
+    if hostname:
+        try:
+            from asr.ops import redis_state
+
+            redis_state.worker_gone(hostname=hostname)
+        except Exception:
+            logger.warning("worker heartbeat not removed", exc_info=True)

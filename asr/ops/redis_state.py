@@ -1,0 +1,92 @@
+"""Cheap reads of Redis for operators: queue depths and worker heartbeats.
+
+The broker may put a prefix before every key (kombu's ``global_keyprefix``, which
+tests use per run); heartbeats use the same prefix so they go with the run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+QUEUES = ("asr", "bots", "default")
+# kombu's Redis transport keeps one list per priority step beside the plain one.
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (3, 6, 9)
+_HEARTBEAT_KEY = "kiki:ops:worker:"
+
+
+@functools.cache
+def _client(url: str) -> redis.Redis:
+    # Short time-outs: a scrape or a health check must answer even if Redis hangs.
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def client() -> redis.Redis:
+    return _client(settings.REDIS_URL)
+
+
+def key_prefix() -> str:
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}) or {}
+    return str(options.get("global_keyprefix", ""))
+
+
+def queue_depths(queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
+    """Messages waiting in each queue (LLEN; delivered, unacked ones not counted)."""
+    prefix = key_prefix()
+    pipe = client().pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(f"{prefix}{queue}")
+        for step in _PRIORITY_STEPS:
+            pipe.llen(f"{prefix}{queue}{_PRIORITY_SEP}{step}")
+    lengths = pipe.execute()
+    per = 1 + len(_PRIORITY_STEPS)
+    return {q: int(sum(lengths[i * per : (i + 1) * per])) for i, q in enumerate(queues)}
+
+
+def worker_heartbeat(
+    *, hostname: str, queues: list[str], concurrency: int, ttl: float
+) -> None:
+    payload = {
+        "hostname": hostname,
+        "queues": queues,
+        "concurrency": concurrency,
+        "pid": os.getpid(),
+        "ts": time.time(),
+    }
+    client().set(
+        f"{key_prefix()}{_HEARTBEAT_KEY}{hostname}",
+        json.dumps(payload),
+        ex=max(1, round(ttl)),
+    )
+
+
+def worker_gone(*, hostname: str) -> None:
+    client().delete(f"{key_prefix()}{_HEARTBEAT_KEY}{hostname}")
+
+
+def live_workers() -> list[dict[str, Any]]:
+    """Workers whose heartbeat has not expired, by hostname."""
+    r = client()
+    keys = sorted(r.scan_iter(match=f"{key_prefix()}{_HEARTBEAT_KEY}*", count=500))
+    if not keys:
+        return []
+    workers = []
+    values: list[bytes | None] = r.mget(keys)  # type: ignore[assignment]
+    for raw in values:
+        if not raw:
+            continue
+        try:
+            workers.append(json.loads(raw))
+        except ValueError:
+            continue
+    return workers

@@ -1,0 +1,262 @@
+"""Reads for operators: queue, workers, throughput, RTF, failures, ETAs.
+
+Everything is computed from the database and Redis when asked, so that any web
+process can answer and no per-process counters have to be merged.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count
+from django.utils import timezone
+
+from asr.models import Transcription
+from asr.ops import redis_state
+
+logger = logging.getLogger(__name__)
+
+Status = Transcription.Status
+
+# Service-rate estimates are reused this long within a process: a job list would
+# otherwise ask the database once per job.
+_MEMO_SECONDS = 5.0
+_memo: dict[str, tuple[float, Any]] = {}
+
+
+def clear_memo() -> None:
+    _memo.clear()
+
+
+def _memoised(key: str, compute: Any) -> Any:
+    now = time.monotonic()
+    hit = _memo.get(key)
+    if hit is not None and now - hit[0] < _MEMO_SECONDS:
+        return hit[1]
+    value = compute()
+    _memo[key] = (now, value)
+    return value
+
+
+def asr_queue_depth() -> int:
+    """Messages waiting in the broker's `asr` queue; the queued jobs in the database
+    if Redis cannot be read (admission must not fail because a read did)."""
+    try:
+        return redis_state.queue_depths(("asr",))["asr"]
+    except Exception:
+        logger.warning("asr queue depth unreadable; counting queued jobs instead")
+        return Transcription.objects.filter(status=Status.QUEUED).count()
+
+
+def live_workers() -> list[dict[str, Any]]:
+    try:
+        return redis_state.live_workers()
+    except Exception:
+        logger.warning("worker heartbeats unreadable", exc_info=True)
+        return []
+
+
+def asr_slots() -> int:
+    """Worker processes consuming `asr` right now (at least 1 for estimates)."""
+    slots = sum(
+        int(w.get("concurrency") or 1)
+        for w in live_workers()
+        if "asr" in (w.get("queues") or [])
+    )
+    return max(slots, 1)
+
+
+def mean_processing_seconds(sample: int = 50) -> float | None:
+    """Mean wall time of the latest finished jobs within the throughput window."""
+    since = timezone.now() - timedelta(seconds=settings.OPS_THROUGHPUT_WINDOW_SECONDS)
+    values: list[float] = list(
+        Transcription.objects.filter(
+            finished_at__gte=since,
+            processing_seconds__isnull=False,
+            status__in=[Status.SUCCEEDED, Status.FAILED],
+        )
+        .order_by("-finished_at")
+        .values_list("processing_seconds", flat=True)[:sample]  # type: ignore[arg-type]
+    )
+    return statistics.fmean(values) if values else None
+
+
+def seconds_per_job() -> float | None:
+    """How often a slot frees up across the fleet: mean job time / worker processes.
+
+    A service rate rather than the completions counted in the window, which would
+    read low after a quiet spell however many workers stand idle.
+    """
+
+    def compute() -> float | None:
+        mean = mean_processing_seconds()
+        return None if mean is None else mean / asr_slots()
+
+    return _memoised("seconds_per_job", compute)
+
+
+def eta_seconds(*, position: int | None) -> int | None:
+    """Seconds until a job at ``position`` in the queue (1 = next) should be done;
+    ``None`` when there is nothing recent to estimate from."""
+    if position is None:
+        return None
+    per_job = seconds_per_job()
+    if per_job is None:
+        return None
+    # It waits for the `position - 1` jobs ahead, then runs for one job's time.
+    return round(position * per_job)
+
+
+def busy_retry_after(*, depth: int) -> int:
+    """Retry-After for a refused submission: until the queue is back under the limit."""
+    per_job = seconds_per_job()
+    if per_job is None:
+        return settings.ASR_BUSY_RETRY_AFTER
+    excess = max(depth - settings.ASR_MAX_QUEUE_DEPTH + 1, 1)
+    return int(min(max(round(excess * per_job), 1), settings.ASR_BUSY_RETRY_AFTER_MAX))
+
+
+def jobs_by_state() -> dict[str, int]:
+    counts = dict(
+        Transcription.objects.order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .values_list("status", "n")
+    )
+    return {state: int(counts.get(state, 0)) for state in Status.values}
+
+
+def failures_by_code(*, since: Any = None) -> dict[str, int]:
+    qs = Transcription.objects.filter(status=Status.FAILED)
+    if since is not None:
+        qs = qs.filter(finished_at__gte=since)
+    rows = (
+        qs.order_by()
+        .values_list("error_code")
+        .annotate(n=Count("pk"))
+        .values_list("error_code", "n")
+    )
+    return {code or "unknown": int(n) for code, n in rows}
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    # Nearest rank: an RTF that some job really had.
+    index = max(0, min(len(values) - 1, round(q * len(values) + 0.5) - 1))
+    return round(values[index], 4)
+
+
+def _running_by_worker() -> dict[str, list[dict[str, Any]]]:
+    running: dict[str, list[dict[str, Any]]] = {}
+    for job in Transcription.objects.filter(status=Status.RUNNING).values(
+        "id", "worker_hostname", "original_filename", "started_at", "duration_hint"
+    ):
+        running.setdefault(job["worker_hostname"] or "?", []).append(
+            {
+                "id": str(job["id"]),
+                "filename": job["original_filename"],
+                "started_at": job["started_at"].isoformat()
+                if job["started_at"]
+                else None,
+                "duration": job["duration_hint"],
+            }
+        )
+    return running
+
+
+def ops_snapshot(*, history_minutes: int = 60) -> dict[str, Any]:
+    """Everything the ops dashboard shows, as one JSON-ready dict."""
+    now = timezone.now()
+    window = settings.OPS_THROUGHPUT_WINDOW_SECONDS
+    try:
+        queues: dict[str, int | None] = dict(redis_state.queue_depths())
+    except Exception:
+        logger.warning("queue depths unreadable", exc_info=True)
+        queues = dict.fromkeys(redis_state.QUEUES)
+
+    running = _running_by_worker()
+    workers = []
+    for w in live_workers():
+        workers.append(
+            {
+                "hostname": w.get("hostname"),
+                "queues": w.get("queues") or [],
+                "concurrency": w.get("concurrency"),
+                "last_seen_seconds": round(time.time() - float(w.get("ts") or 0), 1),
+                "running": running.pop(w.get("hostname") or "", []),
+            }
+        )
+    # Jobs marked running on a worker with no heartbeat: worth an operator's look.
+    for hostname, jobs in running.items():
+        workers.append(
+            {
+                "hostname": hostname,
+                "queues": [],
+                "concurrency": None,
+                "last_seen_seconds": None,
+                "running": jobs,
+                "stale": True,
+            }
+        )
+
+    since_hour = now - timedelta(minutes=history_minutes)
+    finished = Transcription.objects.filter(
+        finished_at__gte=since_hour,
+        status__in=[Status.SUCCEEDED, Status.FAILED],
+    ).values_list("finished_at", "status", "duration", "real_time_factor")
+    per_minute_jobs = [0] * history_minutes
+    per_minute_failed = [0] * history_minutes
+    per_minute_audio = [0.0] * history_minutes
+    rtfs: list[float] = []
+    recent_jobs = 0
+    recent_audio = 0.0
+    window_start = now - timedelta(seconds=window)
+    for finished_at, status, duration, rtf in finished:
+        assert finished_at is not None  # filtered on it
+        minute = int((finished_at - since_hour).total_seconds() // 60)
+        minute = min(max(minute, 0), history_minutes - 1)
+        per_minute_jobs[minute] += 1
+        recent = finished_at >= window_start
+        recent_jobs += recent
+        if status == Status.FAILED:
+            per_minute_failed[minute] += 1
+            continue
+        per_minute_audio[minute] += duration or 0.0
+        if recent:
+            recent_audio += duration or 0.0
+        if rtf is not None:
+            rtfs.append(rtf)
+    history = [
+        {
+            "minute": (since_hour + timedelta(minutes=i + 1)).isoformat(),
+            "jobs": per_minute_jobs[i],
+            "failed": per_minute_failed[i],
+            "audio_seconds": round(per_minute_audio[i], 1),
+        }
+        for i in range(history_minutes)
+    ]
+
+    depth = queues.get("asr")
+    return {
+        "time": now.isoformat(),
+        "queues": queues,
+        "max_queue_depth": settings.ASR_MAX_QUEUE_DEPTH,
+        "accepting": depth is None or depth < settings.ASR_MAX_QUEUE_DEPTH,
+        "jobs": jobs_by_state(),
+        "workers": workers,
+        "throughput": {
+            "window_seconds": window,
+            "jobs_per_minute": round(recent_jobs * 60 / window, 2),
+            "audio_minutes_per_minute": round(recent_audio / window, 3),
+        },
+        "rtf": {"p50": _percentile(rtfs, 0.5), "p95": _percentile(rtfs, 0.95)},
+        "failures_last_24h": failures_by_code(since=now - timedelta(hours=24)),
+        "history": history,
+    }
