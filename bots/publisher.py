@@ -1,0 +1,90 @@
+"""Handing stored webhook updates to the ``bots`` queue off the request's path.
+
+Publishing a Celery message costs the web process a Redis round trip and several
+milliseconds of CPU. Telegram waits for our answer, and sends up to
+TELEGRAM_WEBHOOK_MAX_CONNECTIONS updates at once: paying that inside every request
+would make each answer wait for the others' publishing. So the request only commits the
+update's row and passes its id to this process's publisher thread, which sends the
+ids that piled up meanwhile as one ``bots.process_updates`` message. Under no load a
+batch is a single id and goes out at once; under a burst, one message carries many.
+
+If the process dies between the commit and the publish, the row stays ``received`` and
+``bots.reconcile`` enqueues it: the same guarantee as an on-commit enqueue, whose
+window this widens by the time a batch waits (milliseconds).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+
+logger = logging.getLogger(__name__)
+
+# One message carries at most this many updates, so that one task stays short.
+MAX_BATCH = 100
+
+_lock = threading.Lock()
+_pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+_owner_pid: int | None = None
+
+
+def submit(update_pk: int) -> None:
+    """Queue a committed update for the ``bots`` queue (called after commit)."""
+    _ensure_thread()
+    _pending.put(update_pk)
+
+
+def _ensure_thread() -> None:
+    global _owner_pid, _pending
+    if _owner_pid == os.getpid():
+        return
+    with _lock:
+        if _owner_pid == os.getpid():
+            return
+        # A forked child inherits no thread: start its own, with a fresh queue.
+        _pending = queue.SimpleQueue()
+        threading.Thread(target=_run, name="bots-update-publisher", daemon=True).start()
+        _owner_pid = os.getpid()
+        atexit.register(_flush)
+
+
+def _take_batch(first: int) -> list[int]:
+    batch = [first]
+    while len(batch) < MAX_BATCH:
+        try:
+            batch.append(_pending.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
+def _publish(batch: list[int]) -> None:
+    from bots import tasks
+
+    try:
+        tasks.process_updates.delay(batch)
+    except Exception:
+        logger.warning(
+            "updates %s: enqueue failed, left for the reconciler",
+            batch,
+            exc_info=True,
+        )
+
+
+def _run() -> None:
+    while True:
+        _publish(_take_batch(_pending.get()))
+
+
+def _flush() -> None:
+    # At a clean exit, send what is still waiting rather than leave it to the
+    # reconciler's next round.
+    while True:
+        try:
+            first = _pending.get_nowait()
+        except queue.Empty:
+            return
+        _publish(_take_batch(first))

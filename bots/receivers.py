@@ -1,0 +1,34 @@
+"""Signal receivers: how the bot hears that a job finished.
+
+They run in whichever process finished the job (an ASR worker, the web process for a
+cancel), after that transaction committed. They only enqueue; the answer itself is
+written by a task on the ``bots`` queue, which reads the result from the job's row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from asr.models import TranscriptionEvent
+from bots import services
+
+_FINISHED = frozenset(
+    {
+        TranscriptionEvent.Kind.SUCCEEDED,
+        TranscriptionEvent.Kind.FAILED,
+        TranscriptionEvent.Kind.CANCELLED,
+    }
+)
+
+
+def transcription_event_received(
+    sender: Any, event: TranscriptionEvent, **kwargs: Any
+) -> None:
+    if event.kind not in _FINISHED:
+        return
+    # Whether the job came from Telegram is the task's question: asking the
+    # database here would put I/O in every finishing worker's path.
+    transcription_id = str(event.transcription_id)
+    transaction.on_commit(lambda: services.enqueue_answer(transcription_id))

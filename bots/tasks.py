@@ -1,0 +1,121 @@
+"""Celery tasks of the bot, all on the ``bots`` queue: thin, idempotent, take ids.
+
+Every task is safe to run twice (each service starts with a conditional UPDATE that
+only one attempt wins), so all are ``acks_late``: a worker killed mid-task gives its
+message back to the broker. Retries are bounded; what runs out of them is picked up
+again by ``bots.reconcile``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from django.db import OperationalError
+
+from bots import services
+
+logger = logging.getLogger(__name__)
+
+_COMMON: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+}
+
+
+@shared_task(
+    name="bots.process_update",
+    autoretry_for=(services.RetryLater, OperationalError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    retry_kwargs={"max_retries": 5},
+    **_COMMON,
+)
+def process_update(update_pk: int) -> None:
+    """Turn a stored webhook update into replies and, for audio, a job."""
+    services.telegram_update_process(update_pk=update_pk)
+
+
+@shared_task(
+    name="bots.process_updates",
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_kwargs={"max_retries": 5},
+    **_COMMON,
+)
+def process_updates(update_pks: list[int]) -> None:
+    """The webhook's batch (see bots.publisher), in the order the updates came."""
+    for update_pk in update_pks:
+        try:
+            services.telegram_update_process(update_pk=update_pk)
+        except services.RetryLater as exc:
+            # One update's trouble must not hold up the rest of the batch.
+            process_update.apply_async((update_pk,), countdown=exc.countdown)
+
+
+@shared_task(
+    bind=True,
+    name="bots.fetch_audio",
+    autoretry_for=(OperationalError,),
+    # Both for the automatic retries and for self.retry() below.
+    max_retries=5,
+    retry_kwargs={"max_retries": 5},
+    **_COMMON,
+)
+def fetch_audio(self: Any, job_pk: int) -> None:
+    """Download a job's file from Telegram and submit it to the ASR pipeline."""
+    try:
+        services.telegram_job_fetch(job_pk=job_pk)
+    except services.RetryLater as exc:
+        # Honours retry_after on a 429; bounded by retry_kwargs.
+        raise self.retry(exc=exc, countdown=exc.countdown) from exc
+
+
+@shared_task(
+    name="bots.answer",
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_kwargs={"max_retries": 5},
+    **_COMMON,
+)
+def answer(transcription_id: str) -> None:
+    """Write the reply parts of a finished job (a no-op for non-Telegram jobs)."""
+    services.telegram_job_answer(transcription_id=transcription_id)
+
+
+@shared_task(
+    bind=True,
+    name="bots.deliver",
+    autoretry_for=(OperationalError,),
+    # Both for the automatic retries and for self.retry() below; past them the
+    # reconciler starts a new task.
+    max_retries=30,
+    retry_kwargs={"max_retries": 30},
+    **_COMMON,
+)
+def deliver(self: Any, chat_id: int) -> None:
+    """Send a chat's undelivered reply parts, in order, each once."""
+    outcome = services.telegram_chat_deliver(chat_id=chat_id, owner=self.request.id)
+    if outcome.retry_in is None:
+        return
+    if self.request.retries >= self.max_retries:
+        services.telegram_delivery_release(chat_id=chat_id, owner=self.request.id)
+        logger.warning(
+            "chat %s: delivery task %s out of retries, left for the reconciler",
+            chat_id,
+            self.request.id,
+        )
+        return
+    raise self.retry(countdown=outcome.retry_in)
+
+
+@shared_task(name="bots.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    """Periodic (beat): re-enqueue the bot's work whose task was lost."""
+    counts = services.telegram_reconcile()
+    if any(counts.values()):
+        logger.warning("bots reconcile: %s", counts)
+    return counts
