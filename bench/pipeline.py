@@ -1,0 +1,943 @@
+"""Benchmark of the whole pipeline: real uvicorn, real Celery workers, real Redis.
+
+Run from the project root with the virtualenv:
+
+    .venv/bin/python bench/pipeline.py                 # full run, under ~10 minutes
+    .venv/bin/python bench/pipeline.py --quick         # smaller, about 3 minutes
+    .venv/bin/python bench/pipeline.py --only throughput --worker-pool threads
+
+It sets up its own world and removes it at the end (also on Ctrl-C): a fresh SQLite
+file under var/bench/ (or DATABASE_URL if set: then only its own users and their jobs
+are added and removed), database 14 of the project's embedded Redis (or REDIS_URL if
+set), flushed at start and at the end, and its own MEDIA_ROOT under var/bench/. The
+logs of the processes it starts stay in var/bench/logs/.
+
+Figures:
+  submit      POST /api/v1/transcriptions latency at 1, 50 and 200 closed-loop clients
+  overhead    finished_at - created_at - engine_seconds per job, one job at a time
+  throughput  jobs/s API -> worker -> succeeded with the synthetic engine at rtf 0
+  engine      whisper audio-s per wall-s in this process vs through the pipeline
+
+Each phase also reports the CPU it cost per job, process by process, and how much CPU
+went to other programs or was stolen by the hypervisor meanwhile: on a small shared
+machine that is what decides whether a figure is the code's or the neighbours'.
+
+``--what-if av,nobackend,...`` loads bench/whatif/sitecustomize.py into the servers to
+measure fixes proposed for the project without editing it; the figures are then
+labelled as such and are not the project's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "var" / "bench"
+LOG_DIR = BENCH_DIR / "logs"
+CLIP_DIR = BENCH_DIR / "clips"
+WHAT_IF_DIR = Path(__file__).resolve().parent / "whatif"
+WHAT_IFS = (
+    "av",
+    "nobackend",
+    "noevents",
+    "connmaxage",
+    "norealtime",
+    "webconcurrency",
+)
+REDIS_DB = "14"
+# A capacity benchmark must not be turned away by the limits that protect a real
+# server: per-user rate limits (429) and the queue-depth backpressure (503).
+LIMITS_LIFTED = {
+    "API_THROTTLE_USER": "100000000/min",
+    "API_THROTTLE_SUBMIT": "100000000/min",
+    "ASR_MAX_QUEUE_DEPTH": "100000000",
+}
+PHASES = ("submit", "overhead", "throughput", "engine")
+SUBMIT_PATH = "/api/v1/transcriptions"
+THROUGHPUT_TARGET = 150.0
+ENGINE_RATIO_TARGET = 0.95
+
+# What a full and a quick run do; a full run stays under ~10 minutes.
+FULL = {
+    "submit": [(1, 100), (50, 10), (200, 3)],  # (clients, requests per client)
+    "overhead_jobs": 200,
+    "throughput_jobs": 1280,
+    "throughput_clients": 32,
+    "engine_clips": 20,
+}
+QUICK = {
+    "submit": [(1, 30), (50, 2), (200, 1)],
+    "overhead_jobs": 30,
+    "throughput_jobs": 640,
+    "throughput_clients": 32,
+    "engine_clips": 6,
+}
+
+SHORT_SENTENCE = "The quick brown fox jumps."
+
+
+# Environment ---------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    """How the servers run, printed with the figures."""
+
+    web_workers: int
+    worker_pool: str
+    worker_concurrency: int
+    worker_log_level: str
+    what_if: list[str]
+    database: str = ""
+    redis: str = ""
+
+
+def configure_environment() -> str:
+    """Point this process, and every child (they inherit os.environ), at the bench
+    database, Redis database and media; return a description of the database."""
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "kikipounamu.settings"
+    media = BENCH_DIR / "media"
+    shutil.rmtree(media, ignore_errors=True)
+    media.mkdir(parents=True)
+    os.environ["MEDIA_ROOT"] = str(media)
+    if not os.environ.get("REDIS_URL"):
+        os.environ["KIKI_REDIS_DB"] = REDIS_DB
+    os.environ.update(LIMITS_LIFTED)
+    if os.environ.get("DATABASE_URL"):
+        return "DATABASE_URL as given (bench users and their jobs removed at the end)"
+    db = BENCH_DIR / "db.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    os.environ["DATABASE_URL"] = f"sqlite:///{db}"
+    return f"SQLite {db.relative_to(ROOT)} (fresh)"
+
+
+def setup_django() -> None:
+    # Run as a script, Python puts bench/ first on sys.path, where the sibling
+    # scripts telegram.py and websockets.py would shadow the packages of those names.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    # A log line per request of our own would cost CPU that the servers need.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("asr").setLevel(logging.WARNING)
+
+
+def redis_client() -> Any:
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def make_token(label: str) -> tuple[Any, str]:
+    """A fresh user (one per measurement, so that its jobs are easy to find) and a
+    token for it."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    user = get_user_model().objects.create_user(
+        username=f"bench-{label}-{uuid.uuid4().hex[:8]}", password=None
+    )
+    return user, Token.objects.create(user=user).key
+
+
+def remove_bench_users() -> None:
+    from django.contrib.auth import get_user_model
+
+    from asr.models import Transcription
+
+    users = get_user_model().objects.filter(username__startswith="bench-")
+    Transcription.objects.filter(owner__in=users).delete()
+    users.delete()
+
+
+# Processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A child in its own process group: Ctrl-C reaches only us, and we stop it."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOG_DIR / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def check(self) -> None:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time of every live process in the group (the pool's children too)."""
+        total = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.popen.pid:  # process group id
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self._log.close()
+
+
+class Stack:
+    """The web server and workers of one phase."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.web: Process | None = None
+        self.workers: list[Process] = []
+
+    def _env(self, env: dict[str, str]) -> dict[str, str]:
+        if self.cfg.what_if:
+            path = os.pathsep.join(
+                filter(None, [str(WHAT_IF_DIR), env.get("PYTHONPATH")])
+            )
+            env = {
+                **env,
+                "PYTHONPATH": path,
+                "KIKI_WHAT_IF": ",".join(self.cfg.what_if),
+            }
+        return env
+
+    def start_web(self, **env: str) -> str:
+        workers = self.cfg.web_workers
+        port = free_port()
+        self.web = proc = Process(
+            f"web-{port}",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "kikipounamu.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--no-access-log",
+                "--log-level",
+                "info",
+            ],
+            self._env(env),
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        # Every uvicorn worker logs this when it serves: wait for all, not the first.
+        while proc.log_path.read_text().count("Started server process") < workers:
+            proc.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"web did not start:\n{proc.tail()}")
+            time.sleep(0.1)
+        import httpx
+
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return base
+            proc.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"web did not answer:\n{proc.tail()}")
+            time.sleep(0.1)
+
+    def start_worker(
+        self, *, pool: str | None = None, concurrency: int | None = None, **env: str
+    ) -> Process:
+        name = f"worker-{uuid.uuid4().hex[:6]}"
+        proc = Process(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "kikipounamu",
+                "worker",
+                "-Q",
+                "asr",
+                "-P",
+                pool or self.cfg.worker_pool,
+                "-c",
+                str(concurrency or self.cfg.worker_concurrency),
+                "-n",
+                f"{name}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+                "-l",
+                self.cfg.worker_log_level,
+            ],
+            self._env(env),
+        )
+        self.workers.append(proc)
+        return proc
+
+    @property
+    def processes(self) -> list[Process]:
+        return ([self.web] if self.web else []) + self.workers
+
+    def check(self) -> None:
+        for proc in self.processes:
+            proc.check()
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.web = None
+        self.workers = []
+
+
+@contextlib.contextmanager
+def stack(cfg: Config) -> Iterator[Stack]:
+    s = Stack(cfg)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+# CPU accounting ------------------------------------------------------------------------
+
+
+def _proc_stat_cpu() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies of the whole machine since boot."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + idle + iowait + steal
+
+
+class CpuMeter:
+    """CPU spent by our web, workers, Redis and this client, and by everyone else."""
+
+    def __init__(self, s: Stack) -> None:
+        self.stack = s
+
+    def _sample(self) -> dict[str, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        busy, steal, total = _proc_stat_cpu()
+        info = redis_client().info("cpu")
+        sample = {
+            "web": self.stack.web.cpu_seconds() if self.stack.web else 0.0,
+            "worker": sum(w.cpu_seconds() for w in self.stack.workers),
+            "redis": info["used_cpu_sys"] + info["used_cpu_user"],
+            "client": time.process_time(),
+            "_busy": busy / tick,
+            "_steal": steal / tick,
+            "_total": total / tick,
+            "_wall": time.monotonic(),
+        }
+        return sample
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        self.used = {k: end[k] - self.start[k] for k in end}
+
+    def report(self, jobs: int) -> tuple[str, float]:
+        """A line of CPU ms per job, and the jobs/s that two idle cores would bound."""
+        u = self.used
+        ours = sum(u[k] for k in ("web", "worker", "redis", "client"))
+        other = max(u["_busy"] - ours, 0.0)
+        per_job = {k: u[k] / jobs * 1000 for k in ("web", "worker", "redis", "client")}
+        total_ms = sum(per_job.values())
+        bound = (os.cpu_count() or 1) * 1000 / total_ms if total_ms else float("nan")
+        line = (
+            "cpu per job: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in per_job.items())
+            + f" = {total_ms:.1f} ms (bound on idle cores ~{bound:.0f} jobs/s);"
+            f" meanwhile other programs {other / u['_total']:.0%} and hypervisor"
+            f" steal {u['_steal'] / u['_total']:.0%} of the machine"
+        )
+        return line, bound
+
+
+# Clips ---------------------------------------------------------------------------------
+
+
+def espeak(text: str, path: Path, words_per_minute: int = 150) -> Path:
+    subprocess.run(
+        [
+            "espeak-ng",
+            "-v",
+            "en-us",
+            "-s",
+            str(words_per_minute),
+            "-w",
+            str(path),
+            text,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def clip_seconds(path: Path) -> float:
+    import wave
+
+    with wave.open(str(path)) as wav:
+        return wav.getnframes() / wav.getframerate()
+
+
+def short_clip() -> Path:
+    CLIP_DIR.mkdir(parents=True, exist_ok=True)
+    return espeak(SHORT_SENTENCE, CLIP_DIR / "short.wav")
+
+
+def engine_clips(count: int) -> list[Path]:
+    """``count`` clips of 3-8 s of espeak-ng speech, one to three sentences each."""
+    from tests.speech import SENTENCES
+
+    CLIP_DIR.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for i in range(count):
+        parts = 1 + i % 3
+        text = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(parts))
+        speed = 150 + 20 * (i % 3)
+        path = espeak(text, CLIP_DIR / f"speech-{i:02d}.wav", speed)
+        while clip_seconds(path) > 8.0:
+            text = text.rsplit(".", 2)[0] + "."
+            espeak(text, path, speed)
+        clips.append(path)
+    return clips
+
+
+# HTTP load -----------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    latencies: list[float] = field(default_factory=list)  # seconds, successes only
+    failures: list[str] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+    wall: float = 0.0
+
+
+def multipart_request(base: str, token: str, clip: Path) -> bytes:
+    """The whole HTTP/1.1 request of one upload, built once and sent many times."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(
+        [
+            f"--{boundary}\r\n".encode(),
+            f'Content-Disposition: form-data; name="file"; filename="{clip.name}"\r\n'.encode(),
+            b"Content-Type: audio/wav\r\n\r\n",
+            clip.read_bytes(),
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
+    head = (
+        f"POST {SUBMIT_PATH} HTTP/1.1\r\n"
+        f"Host: {base.removeprefix('http://')}\r\n"
+        f"Authorization: Token {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends prepared requests.
+
+    The load generator shares the two cores with the servers it measures: httpx costs
+    about 5 ms of CPU per upload here, this about 0.3 ms, so the figures stay the
+    servers' and not the client's.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(
+                self.host, self.port
+            )
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(":") for line in lines[1:] if line)
+        }
+        body = await self.reader.readexactly(int(headers.get("content-length", 0)))
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+async def _load(
+    base: str, token: str, clips: list[Path], clients: int, per_client: int
+) -> LoadResult:
+    result = LoadResult()
+    requests = [multipart_request(base, token, clip) for clip in clips]
+    host, port = base.removeprefix("http://").split(":")
+
+    async def one_client(n: int) -> None:
+        conn = Connection(host, int(port))
+        try:
+            for i in range(per_client):
+                raw = requests[(n * per_client + i) % len(requests)]
+                started = time.perf_counter()
+                try:
+                    status, body = await asyncio.wait_for(conn.request(raw), 120)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                    result.failures.append(f"{type(exc).__name__}: {exc}")
+                    await conn.close()
+                    continue
+                elapsed = time.perf_counter() - started
+                if status == 202:
+                    result.latencies.append(elapsed)
+                    result.job_ids.append(json.loads(body)["id"])
+                else:
+                    result.failures.append(f"HTTP {status}: {body[:200]!r}")
+        finally:
+            await conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one_client(n) for n in range(clients)))
+    result.wall = time.perf_counter() - t0
+    return result
+
+
+def load(
+    base: str, token: str, clips: list[Path], clients: int, per_client: int
+) -> LoadResult:
+    """``clients`` closed-loop clients, each sending ``per_client`` uploads in turn."""
+    return asyncio.run(_load(base, token, clips, clients, per_client))
+
+
+# Job rows ------------------------------------------------------------------------------
+
+
+def jobs_of(user: Any) -> Any:
+    from asr.models import Transcription
+
+    return Transcription.objects.filter(owner=user)
+
+
+def wait_jobs(ids: list[str], check: Callable[[], None], timeout: float = 600) -> None:
+    """Until the jobs ``ids`` are finished; raises if one of them did not succeed.
+
+    All of them belong to one user of ours, so the poll counts that user's jobs: a
+    cheap query, as this process shares the cores with the servers it measures.
+    """
+    from asr.models import Transcription
+
+    deadline = time.monotonic() + timeout
+    if len(ids) == 1:
+        jobs = Transcription.objects.filter(pk=ids[0])
+    else:
+        owner = Transcription.objects.filter(pk=ids[0]).values("owner_id")
+        jobs = Transcription.objects.filter(owner_id__in=owner)
+    while True:
+        finished = jobs.filter(status__in=Transcription.FINISHED)
+        done = finished.count()
+        if done >= len(ids):
+            bad = finished.exclude(status=Transcription.Status.SUCCEEDED)
+            job = bad.first()
+            if job is not None:
+                raise RuntimeError(
+                    f"{bad.count()} jobs did not succeed, e.g. {job.id}: "
+                    f"{job.status} {job.error_code} {job.error_message}"
+                )
+            return
+        check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {done}/{len(ids)} jobs finished in {timeout}s")
+        # One job is polled often (the figures come from its row, not from here).
+        time.sleep(0.005 if len(ids) == 1 else 0.25)
+
+
+def submit_and_wait(
+    base: str, token: str, clips: list[Path], s: Stack, clients: int = 1
+) -> LoadResult:
+    r = load(base, token, clips, clients, len(clips) // clients)
+    if r.failures:
+        raise RuntimeError(f"{len(r.failures)} submits failed, e.g. {r.failures[0]}")
+    wait_jobs(r.job_ids, s.check)
+    return r
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+# Phases --------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    name: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+
+def phase_submit(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
+    """Latency of the submit call alone: no worker runs, the queue only grows."""
+    clip = short_clip()
+    figures = []
+    with stack(cfg) as s:
+        base = s.start_web()
+        _, token = make_token("submit")
+        load(base, token, [clip], 8, 5)  # every web worker imports and connects
+        for clients, per_client in plan["submit"]:
+            n = clients * per_client
+            with CpuMeter(s) as meter:
+                r = load(base, token, [clip], clients, per_client)
+            s.check()
+            p50, p99 = pct(r.latencies, 50), pct(r.latencies, 99)
+            print(
+                f"  c={clients:<3} n={n:<5} p50 {ms(p50)}  p99 {ms(p99)}"
+                f"  {len(r.latencies) / r.wall:.0f} req/s  failed {len(r.failures)}",
+                flush=True,
+            )
+            print(f"    {meter.report(n)[0]}", flush=True)
+            for failure in r.failures[:3]:
+                print(f"    failure: {failure}")
+            figures.append(
+                Figure(f"submit c={clients} p50 / p99", f"{ms(p50)} / {ms(p99)}")
+            )
+            must_pass = clients == 200
+            figures.append(
+                Figure(
+                    f"submit c={clients} failed",
+                    f"{len(r.failures)} of {n}",
+                    "0" if must_pass else "",
+                    (not r.failures) if must_pass else None,
+                )
+            )
+    redis_client().flushdb()  # the messages no worker consumed
+    return figures
+
+
+def warm_up(base: str, clip: Path, s: Stack) -> None:
+    """Jobs through every worker process, so that start-up costs are not measured."""
+    _, token = make_token("warm-up")
+    submit_and_wait(base, token, [clip] * 16, s, clients=4)
+
+
+def phase_overhead(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
+    """What the pipeline costs one job on an idle worker, engine time taken out."""
+    clip = short_clip()
+    count = plan["overhead_jobs"]
+    with stack(cfg) as s:
+        base = s.start_web()
+        s.start_worker(ASR_ENGINE="synthetic", ASR_SYNTHETIC_RTF="0")
+        warm_up(base, clip, s)
+        user, token = make_token("overhead")
+        for _ in range(count):
+            submit_and_wait(base, token, [clip], s)
+    rows = list(
+        jobs_of(user).values_list(
+            "created_at",
+            "started_at",
+            "finished_at",
+            "decode_seconds",
+            "engine_seconds",
+        )
+    )
+    total = [(f - c).total_seconds() - e for c, _, f, _, e in rows]
+    queued = [(st - c).total_seconds() for c, st, _, _, _ in rows]
+    decode = [d for *_, d, _ in rows]
+    rest = [(f - st).total_seconds() - d - e for _, st, f, d, e in rows]
+    print(
+        f"  n={len(rows)} p50 {ms(pct(total, 50))} p99 {ms(pct(total, 99))}"
+        f"  (created->started p50 {ms(pct(queued, 50))}, decode p50"
+        f" {ms(pct(decode, 50))}, rest of the task p50 {ms(pct(rest, 50))})",
+        flush=True,
+    )
+    return [
+        Figure(
+            f"overhead per job ({clip_seconds(clip):.1f} s clip) p50 / p99",
+            f"{ms(pct(total, 50))} / {ms(pct(total, 99))}",
+        ),
+        Figure(
+            "  created->started / decode / rest, p50",
+            f"{ms(pct(queued, 50))} / {ms(pct(decode, 50))} / {ms(pct(rest, 50))}",
+        ),
+    ]
+
+
+def phase_throughput(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
+    """Jobs/s through API -> worker -> succeeded, the engine costing nothing."""
+    clip = short_clip()
+    count = plan["throughput_jobs"]
+    clients = plan["throughput_clients"]
+    with stack(cfg) as s:
+        base = s.start_web()
+        s.start_worker(ASR_ENGINE="synthetic", ASR_SYNTHETIC_RTF="0")
+        warm_up(base, clip, s)
+        user, token = make_token("throughput")
+        t0 = dt.datetime.now(dt.UTC)
+        with CpuMeter(s) as meter:
+            r = submit_and_wait(base, token, [clip] * count, s, clients=clients)
+    submitted = len(r.job_ids)
+    last = max(jobs_of(user).values_list("finished_at", flat=True))
+    wall = (last - t0).total_seconds()
+    rate = submitted / wall
+    cpu_line, bound = meter.report(submitted)
+    print(
+        f"  n={submitted} in {wall:.1f} s: {rate:.0f} jobs/s (submitting alone took"
+        f" {r.wall:.1f} s: {submitted / r.wall:.0f}/s)\n    {cpu_line}",
+        flush=True,
+    )
+    return [
+        Figure(
+            "throughput, synthetic rtf 0",
+            f"{rate:.0f} jobs/s",
+            f">= {THROUGHPUT_TARGET:.0f}",
+            rate >= THROUGHPUT_TARGET,
+        ),
+        Figure("  cpu-bound on 2 idle cores", f"~{bound:.0f} jobs/s"),
+    ]
+
+
+def phase_engine(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
+    """whisper on the same clips: in this process, then through the API and one
+    worker process with the same two threads."""
+    from asr import audio as audio_lib
+    from asr.engines import load_engine
+
+    clips = engine_clips(plan["engine_clips"])
+    # Decoded outside the timing: the raw figure is the engine's alone.
+    samples = [audio_lib.decode(p, max_seconds=3600, timeout=60) for p in clips]
+    audio_seconds = sum(x.shape[0] for x in samples) / audio_lib.SAMPLE_RATE
+    engine = load_engine("whisper", threads=2, beam_size=5, compute_type="int8")
+    engine.transcribe(samples[0], audio_lib.SAMPLE_RATE, None)  # one-off costs
+    t0 = time.perf_counter()
+    for x in samples:
+        engine.transcribe(x, audio_lib.SAMPLE_RATE, None)
+    raw_wall = time.perf_counter() - t0
+    del engine
+    raw_rate = audio_seconds / raw_wall
+    print(
+        f"  in-process: {len(clips)} clips, {audio_seconds:.1f} s of audio in"
+        f" {raw_wall:.1f} s = {raw_rate:.2f} audio-s/s",
+        flush=True,
+    )
+
+    with stack(cfg) as s:
+        base = s.start_web()
+        s.start_worker(
+            pool="prefork",
+            concurrency=1,
+            ASR_ENGINE="whisper",
+            ASR_THREADS="2",
+            ASR_BEAM_SIZE="5",
+        )
+        _, token = make_token("engine-warm-up")
+        submit_and_wait(base, token, clips[:1], s)
+        user, token = make_token("engine")
+        t0_wall = dt.datetime.now(dt.UTC)
+        with CpuMeter(s) as meter:
+            submit_and_wait(base, token, clips, s)
+    rows = list(jobs_of(user).values_list("finished_at", "duration", "engine_seconds"))
+    pipe_wall = (max(f for f, _, _ in rows) - t0_wall).total_seconds()
+    pipe_audio = sum(d for _, d, _ in rows)
+    pipe_rate = pipe_audio / pipe_wall
+    engine_sum = sum(e for *_, e in rows)
+    ratio = pipe_rate / raw_rate
+    print(
+        f"  pipeline: {pipe_audio:.1f} s of audio in {pipe_wall:.1f} s ="
+        f" {pipe_rate:.2f} audio-s/s (engine time inside the worker {engine_sum:.1f}"
+        f" s, in-process {raw_wall:.1f} s); ratio {ratio:.1%}\n"
+        f"    {meter.report(len(rows))[0]}",
+        flush=True,
+    )
+    return [
+        Figure("whisper in-process", f"{raw_rate:.2f} audio-s/s"),
+        Figure("whisper through the pipeline", f"{pipe_rate:.2f} audio-s/s"),
+        Figure(
+            "pipeline / in-process",
+            f"{ratio:.1%}",
+            f">= {ENGINE_RATIO_TARGET:.0%}",
+            ratio >= ENGINE_RATIO_TARGET,
+        ),
+    ]
+
+
+# Main ----------------------------------------------------------------------------------
+
+
+def print_table(cfg: Config, figures: list[Figure], started: float) -> None:
+    print()
+    print("=" * 80)
+    load1, load5, _ = os.getloadavg()
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} cores, Python"
+        f" {platform.python_version()}, load average now {load1:.1f} / {load5:.1f}"
+    )
+    print(f"database: {cfg.database}")
+    print(f"redis: {cfg.redis}")
+    print(
+        f"web: uvicorn kikipounamu.asgi:application --workers {cfg.web_workers}"
+        " (uvloop, httptools)"
+    )
+    print(
+        f"worker: celery worker -P {cfg.worker_pool} -c {cfg.worker_concurrency}"
+        f" -l {cfg.worker_log_level}, synthetic engine at rtf 0 (engine phase:"
+        " -P prefork -c 1, whisper, ASR_THREADS=2)"
+    )
+    print("client: asyncio keep-alive HTTP/1.1, prepared 1-file multipart requests")
+    print("limits lifted: " + ", ".join(f"{k}={v}" for k, v in LIMITS_LIFTED.items()))
+    if cfg.what_if:
+        print(
+            f"WHAT-IF PATCHES ACTIVE in the servers: {', '.join(cfg.what_if)}"
+            " -- these are not the project's figures"
+        )
+    print("-" * 80)
+    width = max(len(f.name) for f in figures) + 2
+    print(f"{'figure':<{width}}{'value':<24}target")
+    for f in figures:
+        mark = "" if f.met is None else ("  ok" if f.met else "  MISSED")
+        print(f"{f.name:<{width}}{f.value:<24}{f.target}{mark}")
+    print("-" * 80)
+    print(f"total run time {time.monotonic() - started:.0f} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n", 1)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="a smaller run")
+    parser.add_argument("--only", choices=PHASES, action="append", help="repeatable")
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument(
+        "--worker-pool", default="prefork", choices=("prefork", "threads", "solo")
+    )
+    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--worker-log-level", default="info")
+    parser.add_argument(
+        "--what-if",
+        default="",
+        help=f"comma-separated fixes to try in the servers: {', '.join(WHAT_IFS)}",
+    )
+    args = parser.parse_args()
+    what_if = [w for w in args.what_if.split(",") if w]
+    if unknown := set(what_if) - set(WHAT_IFS):
+        parser.error(f"unknown --what-if: {', '.join(sorted(unknown))}")
+    plan = QUICK if args.quick else FULL
+    started = time.monotonic()
+    cfg = Config(
+        web_workers=args.web_workers,
+        worker_pool=args.worker_pool,
+        worker_concurrency=args.worker_concurrency,
+        worker_log_level=args.worker_log_level,
+        what_if=what_if,
+    )
+    # SIGTERM ends the run as Ctrl-C does: the finally blocks stop every child.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    cfg.database = configure_environment()
+    setup_django()
+    from django.conf import settings
+
+    cfg.redis = f"{settings.REDIS_URL} (flushed at start and at the end)"
+    redis_client().flushdb()
+    phases = {
+        "submit": phase_submit,
+        "overhead": phase_overhead,
+        "throughput": phase_throughput,
+        "engine": phase_engine,
+    }
+    figures: list[Figure] = []
+    try:
+        for name in args.only or PHASES:
+            print(f"[{name}]", flush=True)
+            figures += phases[name](cfg, plan)
+    except KeyboardInterrupt:
+        print("interrupted: everything started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        with contextlib.suppress(Exception):
+            redis_client().flushdb()
+            remove_bench_users()
+        shutil.rmtree(BENCH_DIR / "media", ignore_errors=True)
+    print_table(cfg, figures, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

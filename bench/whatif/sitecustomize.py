@@ -1,0 +1,126 @@
+"""What-if patches for bench/pipeline.py --what-if: never part of the project.
+
+Python imports ``sitecustomize`` at start-up from PYTHONPATH, so the bench puts this
+directory there for the web and worker processes it starts, with KIKI_WHAT_IF naming
+the fixes to try. Each one stands for a change proposed to the project, so that its
+effect can be measured before anyone edits the code:
+
+  av          asr/audio.py opens files with max_probe_packets=0: FFmpeg's codec probe
+              of PCM WAV (up to 32 packets, each run through every demuxer's probe)
+              is skipped; it costs ~7 ms of CPU per open of a short WAV.
+  nobackend   CELERY_RESULT_BACKEND unset: no task result is read, yet every submit
+              builds a Redis result backend (per thread, and ASGI runs each request
+              in a new thread), ~2 ms of CPU each.
+  noevents    CELERY_WORKER_SEND_TASK_EVENTS / CELERY_TASK_SEND_SENT_EVENT off: four
+              event messages per job that only a monitor reads.
+  connmaxage  CONN_MAX_AGE for SQLite too, so a worker keeps its connection between
+              tasks instead of reconnecting (and re-running the PRAGMAs) per task.
+  norealtime  no realtime push of job events (asr.realtime receiver disconnected):
+              what the push costs; the event rows are still written.
+  webconcurrency
+              at most 8 HTTP requests inside Django per web process; the rest wait in
+              the event loop. Under ASGI every request runs in a thread of its own with
+              its own database connection, so a burst of 200 uploads opens 200
+              connections (PostgreSQL: "too many clients") or 200 writers queueing on
+              SQLite's lock ("database is locked" after the 30 s busy timeout).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+FIXES = set(filter(None, os.environ.get("KIKI_WHAT_IF", "").split(",")))
+
+
+def _after_import(name: str, patch: Callable[[Any], None]) -> None:
+    """Run ``patch(module)`` right after ``name`` is first executed."""
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+            if fullname != name:
+                return None
+            # Look it up with the other finders (Django also asks for specs only to
+            # see whether a module exists, so stay in place until it runs).
+            sys.meta_path.remove(self)
+            try:
+                spec = importlib.util.find_spec(fullname)
+            finally:
+                sys.meta_path.insert(0, self)
+            if spec is None or spec.loader is None:
+                return spec
+            execute = spec.loader.exec_module
+            finder = self
+
+            def exec_module(module: Any) -> None:
+                execute(module)
+                if finder in sys.meta_path:
+                    sys.meta_path.remove(finder)
+                patch(module)
+
+            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
+def _patch_av(av: Any) -> None:
+    open_ = av.open
+
+    def open_without_codec_probe(*args: Any, options: Any = None, **kwargs: Any) -> Any:
+        return open_(
+            *args, options={**(options or {}), "max_probe_packets": "0"}, **kwargs
+        )
+
+    av.open = open_without_codec_probe
+
+
+def _patch_settings(settings: Any) -> None:
+    if "nobackend" in FIXES:
+        settings.CELERY_RESULT_BACKEND = None
+    if "noevents" in FIXES:
+        settings.CELERY_WORKER_SEND_TASK_EVENTS = False
+        settings.CELERY_TASK_SEND_SENT_EVENT = False
+    if "connmaxage" in FIXES:
+        settings.DATABASES["default"]["CONN_MAX_AGE"] = 600
+
+
+def _patch_asr_apps(apps: Any) -> None:
+    ready = apps.AsrConfig.ready
+
+    def ready_without_push(self: Any) -> None:
+        ready(self)
+        from asr.signals import transcription_event
+
+        transcription_event.disconnect(dispatch_uid="asr.realtime.push")
+
+    apps.AsrConfig.ready = ready_without_push
+
+
+def _patch_asgi(asgi: Any) -> None:
+    import asyncio
+
+    app = asgi.application
+    limit = asyncio.Semaphore(8)
+
+    async def bounded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        async with limit:
+            await app(scope, receive, send)
+
+    asgi.application = bounded
+
+
+if "av" in FIXES:
+    _after_import("av", _patch_av)
+if "webconcurrency" in FIXES:
+    _after_import("kikipounamu.asgi", _patch_asgi)
+if "norealtime" in FIXES:
+    _after_import("asr.apps", _patch_asr_apps)
+_after_import("kikipounamu.settings", _patch_settings)
