@@ -11,14 +11,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rest_framework.authtoken.models import Token
 
 from asr.models import Transcription
 from tests import processes
 from tests.asr.funasr_models import tiny_model_dir
+from tests.conftest import LiveApi
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.pipeline
 
 LOADED = "funasr model "
+# Its own web and queues: the session's whisper worker must not take these jobs.
+NAMESPACE = {"KIKI_TEST_NAMESPACE": "-funasr"}
 
 
 def write_wav(path: Path, seconds: float, seed: int) -> Path:
@@ -55,6 +60,7 @@ def funasr_worker(
     # CUDA is asked for on a machine without it; each process serves two jobs.
     proc = processes.start_worker(
         queues="asr",
+        **NAMESPACE,
         ASR_ENGINE="funasr",
         ASR_MODEL=str(tiny_model_dir("sensevoice")),
         ASR_DEVICE="cuda",
@@ -65,6 +71,19 @@ def funasr_worker(
     proc.wait_for_log(LOADED, timeout=180)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def own_web(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
+    proc, base = processes.start_web(**NAMESPACE)
+    yield base
+    proc.stop()
+
+
+@pytest.fixture
+def live_api(transactional_db: Any, own_web: str) -> LiveApi:
+    user = UserFactory()
+    return LiveApi(own_web, Token.objects.create(user=user).key)
 
 
 def test_jobs_run_on_funasr_with_segments_device_and_recycled_processes(
