@@ -127,3 +127,20 @@ def live_api(transactional_db: Any, web: str) -> LiveApi:
     user = UserFactory()
     token = Token.objects.create(user=user)
     return LiveApi(web, token.key)
+
+
+@pytest.fixture(scope="module")
+def own_web(
+    request: pytest.FixtureRequest, django_db_setup: Any, django_db_blocker: Any
+) -> Iterator[str]:
+    """A web process in the module's own queue namespace (its ``NAMESPACE`` env), for
+    modules that run their own workers: the session worker cannot take their jobs."""
+    proc, base = processes.start_web(**request.module.NAMESPACE)
+    yield base
+    proc.stop()
+
+
+@pytest.fixture
+def own_live_api(transactional_db: Any, own_web: str) -> LiveApi:
+    """Like ``live_api``, against ``own_web``."""
+    return LiveApi(own_web, Token.objects.create(user=UserFactory()).key)

@@ -11,13 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rest_framework.authtoken.models import Token
 
 from asr.models import Transcription
 from tests import processes
 from tests.asr.funasr_models import tiny_model_dir
-from tests.conftest import LiveApi
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.pipeline
 
@@ -73,26 +70,13 @@ def funasr_worker(
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def own_web(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
-    proc, base = processes.start_web(**NAMESPACE)
-    yield base
-    proc.stop()
-
-
-@pytest.fixture
-def live_api(transactional_db: Any, own_web: str) -> LiveApi:
-    user = UserFactory()
-    return LiveApi(own_web, Token.objects.create(user=user).key)
-
-
 def test_jobs_run_on_funasr_with_segments_device_and_recycled_processes(
-    live_api: Any, funasr_worker: processes.Process, tmp_path: Path
+    own_live_api: Any, funasr_worker: processes.Process, tmp_path: Path
 ) -> None:
     # given three clips, submitted one after another
     jobs = []
     for i, seconds in enumerate((3.0, 5.0, 1.5)):
-        response = live_api.submit(write_wav(tmp_path / f"c{i}.wav", seconds, i))
+        response = own_live_api.submit(write_wav(tmp_path / f"c{i}.wav", seconds, i))
         assert response.status_code == 202, response.text
         jobs.append(wait_for_job(response.json()["id"]))
 

@@ -8,19 +8,15 @@ import signal
 import struct
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from rest_framework.authtoken.models import Token
 
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
 from tests import processes
-from tests.conftest import LiveApi
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.pipeline
 
@@ -55,25 +51,12 @@ def tone(path: Path, seconds: float) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def own_web(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
-    proc, base = processes.start_web(**NAMESPACE)
-    yield base
-    proc.stop()
-
-
-@pytest.fixture
-def live_api(transactional_db: Any, own_web: str) -> LiveApi:
-    user = UserFactory()
-    return LiveApi(own_web, Token.objects.create(user=user).key)
-
-
 def wait_until_running(
-    live_api, job_id: str, attempts: int, timeout: float = 30
+    api: Any, job_id: str, attempts: int, timeout: float = 30
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = live_api.get(job_id)
+        job = api.get(job_id)
         if job["status"] == "running" and job["attempts"] == attempts:
             return
         time.sleep(0.05)
@@ -81,21 +64,21 @@ def wait_until_running(
 
 
 def test_job_finishes_exactly_once_after_its_worker_is_sigkilled(
-    live_api, tmp_path: Path
+    own_live_api, tmp_path: Path
 ) -> None:
     # given a worker running a 4 s job (2 s of work)
     first = processes.start_worker(**FAST_REDELIVERY)
-    job_id = live_api.submit(tone(tmp_path / "a.wav", 4)).json()["id"]
-    wait_until_running(live_api, job_id, attempts=1)
+    job_id = own_live_api.submit(tone(tmp_path / "a.wav", 4)).json()["id"]
+    wait_until_running(own_live_api, job_id, attempts=1)
 
     # when the whole worker (main process and pool child) is SIGKILLed mid-job
     first.kill()
-    assert live_api.get(job_id)["status"] == "running"
+    assert own_live_api.get(job_id)["status"] == "running"
 
     # and a new worker starts
     second = processes.start_worker(**FAST_REDELIVERY)
     try:
-        job = live_api.wait(job_id, timeout=60)
+        job = own_live_api.wait(job_id, timeout=60)
     finally:
         second.stop()
 
@@ -113,21 +96,21 @@ def test_job_finishes_exactly_once_after_its_worker_is_sigkilled(
 
 
 def test_audio_that_kills_the_worker_every_time_ends_failed_worker_lost(
-    live_api, tmp_path: Path
+    own_live_api, tmp_path: Path
 ) -> None:
     # given a worker whose pool process dies on this job every time it runs it
     worker = processes.start_worker(**FAST_REDELIVERY)
     try:
-        job_id = live_api.submit(tone(tmp_path / "b.wav", 4)).json()["id"]
+        job_id = own_live_api.submit(tone(tmp_path / "b.wav", 4)).json()["id"]
         for attempt in (1, 2, 3):
-            wait_until_running(live_api, job_id, attempts=attempt)
+            wait_until_running(own_live_api, job_id, attempts=attempt)
             children = psutil.Process(worker.popen.pid).children()
             assert children, "the prefork pool has a child process"
             for child in children:
                 os.kill(child.pid, signal.SIGKILL)
 
         # then after the attempt cap it is failed, not retried forever
-        job = live_api.wait(job_id, timeout=60)
+        job = own_live_api.wait(job_id, timeout=60)
     finally:
         worker.stop()
     assert job["status"] == "failed"
