@@ -47,6 +47,7 @@ from asr import formats
 from asr.languages import normalise_language
 from asr.models import Transcription
 from asr.ops.logs import log_context
+from asr.selectors import queue_eta_seconds
 from asr.selectors import transcription_queue_length
 from asr.services import admission_check
 from asr.services import transcription_create
@@ -445,7 +446,7 @@ def _job_start(
         job=job,
         key="ack",
         method=Method.SEND,
-        text=texts.ack_text(position),
+        text=texts.ack_text(position, queue_eta_seconds(position=position)),
         reply_to_message_id=here,
     )
     return job

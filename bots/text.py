@@ -69,10 +69,17 @@ def split_message(text: str, limit: int = MAX_MESSAGE_LENGTH) -> list[str]:
     return [part for part in parts if part]
 
 
-def ack_text(position: int) -> str:
+def ack_text(position: int, eta_seconds: int | None = None) -> str:
+    wait = f", about {_wait(eta_seconds)}" if eta_seconds else ""
     if position <= 1:
-        return "Recognizing… (you are next in the queue)"
-    return f"Recognizing… (position {position} in the queue)"
+        return f"Recognizing… (you are next in the queue{wait})"
+    return f"Recognizing… (position {position} in the queue{wait})"
+
+
+def _wait(seconds: int) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1)} s"
+    return f"{round(seconds / 60)} min"
 
 
 HELP = (

@@ -85,3 +85,11 @@ def test_length_is_counted_as_telegram_does_in_utf16_units() -> None:
 
 def test_a_tiny_limit_still_ends() -> None:
     assert split_message("ab cd", limit=1) == ["a", "b", "c", "d"]
+
+
+def test_acknowledgement_says_the_expected_wait_when_known() -> None:
+    from bots.text import ack_text
+
+    assert ack_text(1) == "Recognizing… (you are next in the queue)"
+    assert ack_text(3, 45) == "Recognizing… (position 3 in the queue, about 45 s)"
+    assert ack_text(9, 600) == "Recognizing… (position 9 in the queue, about 10 min)"
