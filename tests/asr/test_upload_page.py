@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
+from tests.browser import CHROMIUM
+from tests.browser import browser  # noqa: F401 (a fixture)
+from tests.browser import screenshot
+from tests.browser import signed_in
 from tests.factories import UserFactory
 from tests.speech import espeak
 from tests.speech import espeak_available
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 pytestmark = [
     pytest.mark.pipeline,
@@ -28,57 +29,12 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop running in this thread, which makes
-    # Django refuse database calls (made by fixtures here, not by the app under
-    # test, which runs in its own processes). The documented way out:
-    # https://docs.djangoproject.com/en/5.2/topics/async/#envvar-DJANGO_ALLOW_ASYNC_UNSAFE
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            # This machine has no network: keep Chromium from trying to reach one.
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield browser
-        browser.close()
-    mp.undo()
-
-
 @pytest.fixture
-def page(browser: Any, web: str, transactional_db: Any) -> Iterator[Any]:
+def page(browser: Any, web: str, transactional_db: Any) -> Iterator[Any]:  # noqa: F811
     staff = UserFactory(is_staff=True, username="staffer")
-    context = browser.new_context(base_url=web)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto("/upload/")
-    # the page asks for a sign-in first
-    assert "/accounts/login/" in page.url
-    page.fill("input[name=username]", staff.username)
-    page.fill("input[name=password]", "pw-for-tests")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/upload/")
-    page.wait_for_selector("#connection[data-state=live]")
-    yield page
-    context.close()
-
-
-def screenshot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    with signed_in(browser, web, "/upload/", staff) as page:
+        page.wait_for_selector("#connection[data-state=live]")
+        yield page
 
 
 def test_uploaded_clips_are_transcribed_live_without_reloading(

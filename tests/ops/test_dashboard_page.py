@@ -10,9 +10,10 @@ import pytest
 from django.utils import timezone
 
 from asr.models import Transcription
-from tests.asr.test_upload_page import CHROMIUM
-from tests.asr.test_upload_page import browser  # noqa: F401 (a fixture)
-from tests.asr.test_upload_page import screenshot
+from tests.browser import CHROMIUM
+from tests.browser import browser  # noqa: F401 (a fixture)
+from tests.browser import screenshot
+from tests.browser import signed_in
 from tests.factories import UserFactory
 
 pytestmark = [
@@ -26,17 +27,8 @@ pytestmark = [
 @pytest.fixture
 def ops_page(browser: Any, web: str, transactional_db: Any) -> Iterator[Any]:  # noqa: F811
     staff = UserFactory(is_staff=True, username="operator")
-    context = browser.new_context(base_url=web)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto("/ops/")
-    assert "/accounts/login/" in page.url
-    page.fill("input[name=username]", staff.username)
-    page.fill("input[name=password]", "pw-for-tests")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/ops/")
-    yield page
-    context.close()
+    with signed_in(browser, web, "/ops/", staff) as page:
+        yield page
 
 
 def test_the_dashboard_updates_live_without_reloading(ops_page: Any) -> None:
