@@ -29,24 +29,65 @@ def next_event_seq(transcription_id: UUID | str) -> int:
 
 
 def transcription_event_record(
-    *, transcription_id: UUID | str, kind: str, data: dict[str, Any] | None = None
+    *,
+    transcription_id: UUID | str,
+    kind: str,
+    data: dict[str, Any] | None = None,
+    job: Transcription | None = None,
+    seq: int | None = None,
 ) -> TranscriptionEvent | None:
-    """Append an event to the job's history and announce it once committed."""
+    """Append an event to the job's history and announce it once committed.
+
+    ``job``, when the caller holds it, is the job as this event leaves it: receivers
+    (the realtime push) then need no database read. ``seq``: the caller already took
+    the job's next sequence number in its own UPDATE (``event_seq=F("event_seq") + 1``).
+    """
     with transaction.atomic():
-        try:
-            seq = next_event_seq(transcription_id)
-        except Transcription.DoesNotExist:
-            return None
+        if seq is None:
+            try:
+                seq = next_event_seq(transcription_id)
+            except Transcription.DoesNotExist:
+                return None
+            if job is not None:
+                job.event_seq = seq
         event = TranscriptionEvent.objects.create(
             transcription_id=transcription_id, seq=seq, kind=kind, data=data or {}
         )
-        transaction.on_commit(lambda: _announce(event))
+        transaction.on_commit(lambda: _announce(event, job))
     return event
 
 
-def _announce(event: TranscriptionEvent) -> None:
+def transcription_events_record_bulk(
+    entries: list[tuple[Transcription, str, dict[str, Any]]],
+) -> None:
+    """Record one event for each of several jobs in one INSERT (a batch's claim or
+    finish). Each job already holds its new ``event_seq``, taken in the caller's
+    UPDATE, and is the job as that event leaves it."""
+    if not entries:
+        return
+    with transaction.atomic():
+        events = TranscriptionEvent.objects.bulk_create(
+            [
+                TranscriptionEvent(
+                    transcription_id=job.pk, seq=job.event_seq, kind=kind, data=data
+                )
+                for job, kind, data in entries
+            ]
+        )
+        pairs = [
+            (event, job) for event, (job, _, _) in zip(events, entries, strict=True)
+        ]
+        transaction.on_commit(lambda: _announce_all(pairs))
+
+
+def _announce_all(pairs: list[tuple[TranscriptionEvent, Transcription]]) -> None:
+    for event, job in pairs:
+        _announce(event, job)
+
+
+def _announce(event: TranscriptionEvent, job: Transcription | None = None) -> None:
     for receiver, response in transcription_event.send_robust(
-        sender=TranscriptionEvent, event=event
+        sender=TranscriptionEvent, event=event, job=job
     ):
         if isinstance(response, Exception):
             logger.error(

@@ -9,7 +9,6 @@ grows, and a client drops anything not newer than what it holds.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import threading
@@ -66,19 +65,11 @@ def can_watch_job(*, user: Any, token: str | None, transcription_id: str) -> boo
     )
 
 
-@functools.cache
-def _job_serializer() -> Any:
-    # A ModelSerializer builds its ~30 fields on every instantiation (a quarter of a
-    # snapshot's CPU): one instance, with no request in its context, serves them all.
-    from asr.api.serializers import TranscriptionSerializer
-
-    serializer = TranscriptionSerializer()
-    serializer.fields  # noqa: B018 -- built once, here, not raced for later
-    return serializer
-
-
 def job_payload(job: Transcription) -> dict[str, Any]:
-    data = dict(_job_serializer().to_representation(job))
+    """The job as the API shows it (links as paths), with its sequence number."""
+    from asr.api.serializers import transcription_representation
+
+    data = transcription_representation(job)
     data["seq"] = job.event_seq
     return data
 
@@ -103,19 +94,28 @@ def feed_snapshot(user: Any) -> list[dict[str, Any]]:
     return [job_payload(job) for job in jobs]
 
 
-def publish_event(event: TranscriptionEvent) -> None:
-    """Push one event, with the job as it is now, to its watchers and its owner."""
-    job = _job_with_position(str(event.transcription_id))
-    if job is None:
-        return
+def publish_event(event: TranscriptionEvent, job: Transcription | None = None) -> None:
+    """Push one event, with the job as it left it, to its watchers and its owner.
+
+    ``job`` comes from the code that recorded the event, which holds it anyway: then
+    nothing is read from the database on the way from "job finished" to "browser
+    told". Without it (rare paths), the job is read as it is now.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
+    if job is None:
+        job = Transcription.objects.filter(pk=event.transcription_id).first()
+        if job is None:
+            return
+    payload = job_payload(job)
+    # A later event's job must not be shown under this event's number.
+    payload["seq"] = max(event.seq, job.event_seq or 0)
     message = {
         "type": "job.event",
         "event": event.kind,
         "seq": event.seq,
-        "job": job_payload(job),
+        "job": payload,
     }
     groups = [job_group(event.transcription_id)]
     if job.owner_id is not None:
@@ -166,10 +166,12 @@ async def _send_all(layer: Any, groups: list[str], message: dict[str, Any]) -> N
         await layer.group_send(group, message)
 
 
-def on_transcription_event(sender: Any, event: TranscriptionEvent, **_: Any) -> None:
+def on_transcription_event(
+    sender: Any, event: TranscriptionEvent, job: Transcription | None = None, **_: Any
+) -> None:
     """Receiver of asr.signals.transcription_event."""
     try:
-        publish_event(event)
+        publish_event(event, job)
     except Exception:
         # Browsers resync from a snapshot on reconnect; never fail the job for this.
         logger.warning(

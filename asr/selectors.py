@@ -43,6 +43,9 @@ def queue_position(job: Transcription) -> int | None:
         ahead = Transcription.objects.filter(
             status=Status.QUEUED, created_at__lt=job.created_at
         ).count()
+        # The same object is often shown twice (the pushed event, then the API's
+        # answer): count once.
+        job._ahead = ahead  # type: ignore[attr-defined]
     return int(ahead) + 1
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
+from asr.models import Transcription
 from asr.models import TranscriptionEvent
 from bots import services
 
@@ -24,11 +25,13 @@ _FINISHED = frozenset(
 
 
 def transcription_event_received(
-    sender: Any, event: TranscriptionEvent, **kwargs: Any
+    sender: Any, event: TranscriptionEvent, job: Transcription | None = None, **_: Any
 ) -> None:
     if event.kind not in _FINISHED:
         return
-    # Whether the job came from Telegram is the task's question: asking the
-    # database here would put I/O in every finishing worker's path.
+    # The sender usually holds the job: only Telegram's jobs need an answer. When it
+    # does not, the task asks (the database read stays off the finishing worker).
+    if job is not None and job.source != Transcription.Source.TELEGRAM:
+        return
     transcription_id = str(event.transcription_id)
     transaction.on_commit(lambda: services.enqueue_answer(transcription_id))

@@ -71,7 +71,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, the upload page) from the app itself: no separate server
     # needed on one machine. https://whitenoise.readthedocs.io/en/stable/django.html
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "kikipounamu.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -291,9 +291,23 @@ CELERY_WORKER_MAX_MEMORY_PER_CHILD = ASR_WORKER_MAX_RSS_MB * 1024 or (
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_TRACK_STARTED = True
-# Flower and the metrics need task events.
-CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# Task events (received/started/succeeded, published to Redis) cost a worker about
+# 1 ms of CPU per task, as much as the rest of Celery's per-task work. Nothing of
+# ours reads them (the metrics and the dashboard read the database and heartbeats);
+# Flower does, and a running Flower turns them on in every worker by itself (its
+# enable_events option, on by default). On here: always on.
+# https://flower.readthedocs.io/en/latest/config.html#enable-events
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool(
+    "CELERY_WORKER_SEND_TASK_EVENTS", default=False
+)
+# The "sent" event is the client's (web, beat): no worker can turn it on later.
+CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_TASK_SEND_SENT_EVENT", default=False)
+# Every apply_async builds an AsyncResult, and with it the result backend. Celery keeps
+# the backend per thread unless told it is thread-safe (the Redis one is: it uses a
+# connection pool); under ASGI every request runs in a thread of its own, so that
+# meant a new backend (~1 ms of CPU) per request.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend-thread-safe
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 # On a lost broker connection, unacked messages are redelivered to other workers;
 # cancelling our copies avoids the same job running twice.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
@@ -469,7 +483,9 @@ LOGGING["loggers"]["uvicorn"] = {"handlers": ["console"], "propagate": False}  #
 # https://docs.djangoproject.com/en/5.2/topics/cache/#redis
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Django's Redis cache, with its connection pool kept per process rather than
+        # per cache object: under ASGI each request gets its own cache object.
+        "BACKEND": "kikipounamu.cache.SharedPoolRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="kiki-cache"),
     }

@@ -23,6 +23,7 @@ from asr.api.serializers import TranscriptionCreateSerializer
 from asr.api.serializers import TranscriptionEventSerializer
 from asr.api.serializers import TranscriptionListQuerySerializer
 from asr.api.serializers import TranscriptionSerializer
+from asr.api.serializers import transcription_representation
 from asr.formats import FORMATS
 from asr.formats import render
 from asr.models import Transcription
@@ -72,7 +73,7 @@ class TranscriptionListCreateApi(GenericAPIView):
             language=serializer.validated_data.get("language"),
             source=Transcription.Source.WEB if by_session else Transcription.Source.API,
         )
-        data = TranscriptionSerializer(job, context={"request": request}).data
+        data = transcription_representation(job, request)
         return Response(
             data,
             status=status.HTTP_202_ACCEPTED,
@@ -88,7 +89,7 @@ class TranscriptionDetailApi(APIView):
         job = selectors.transcription_get(
             user=request.user, transcription_id=transcription_id
         )
-        return Response(TranscriptionSerializer(job, context={"request": request}).data)
+        return Response(transcription_representation(job, request))
 
     @extend_schema(
         responses={200: TranscriptionSerializer, 204: None},
@@ -100,9 +101,7 @@ class TranscriptionDetailApi(APIView):
         )
         cancelled = services.transcription_delete_or_cancel(transcription=job)
         if cancelled is not None:
-            return Response(
-                TranscriptionSerializer(cancelled, context={"request": request}).data
-            )
+            return Response(transcription_representation(cancelled, request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -153,8 +152,10 @@ class TranscriptionRetryApi(APIView):
             user=request.user, transcription_id=transcription_id
         )
         job = services.transcription_retry(transcription=job)
-        data = TranscriptionSerializer(job, context={"request": request}).data
-        return Response(data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            transcription_representation(job, request),
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 class TranscriptionEventsApi(APIView):

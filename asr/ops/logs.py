@@ -13,6 +13,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction
+from asgiref.sync import markcoroutinefunction
+
 FIELDS = ("job_id", "task_id", "telegram_update_id")
 
 _context: dict[str, contextvars.ContextVar[Any]] = {
@@ -67,14 +70,30 @@ class LogContextMiddleware:
     sync_to_async copies of the request's context, so a token taken in one cannot be
     reset in another. The value is cleared instead, for WSGI threads that serve one
     request after another.
+
+    Sync and async capable: one sync-only middleware makes Django hop between the
+    event loop and a thread twice more on every request under ASGI.
     """
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request: Any) -> Any:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
         try:
             return self.get_response(request)
+        finally:
+            _context["job_id"].set(None)
+
+    async def __acall__(self, request: Any) -> Any:
+        try:
+            return await self.get_response(request)
         finally:
             _context["job_id"].set(None)
 
