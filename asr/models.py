@@ -75,6 +75,10 @@ class Transcription(models.Model):
     # Seconds of audio transcribed so far (progress while running).
     processed_seconds = models.FloatField(null=True, blank=True)
     task_id = models.CharField(max_length=64, blank=True)
+    # While running as part of another message's batch (micro-batching): that
+    # message's task id. That message, not this job's own, then holds the job: its
+    # redelivery (a dead worker) takes the job back; this job's own message skips it.
+    batch_task_id = models.CharField(max_length=64, blank=True, db_index=True)
     worker_hostname = models.CharField(max_length=255, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

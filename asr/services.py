@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -10,6 +11,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import File
@@ -22,6 +24,7 @@ from asr import audio as audio_lib
 from asr.engines import EngineError
 from asr.engines import TranscriptionResult
 from asr.events import transcription_event_record
+from asr.events import transcription_events_record_bulk
 from asr.languages import normalise_language
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
@@ -123,6 +126,8 @@ def transcription_create(
         duration_hint=info.duration_hint,
         language=language_code or "",
         task_id=str(uuid.uuid4()),
+        # The ACCEPTED event below is the job's first.
+        event_seq=1,
     )
     job.audio.save(f"{job.id}{info.extension}", File(audio), save=False)
     try:
@@ -135,6 +140,8 @@ def transcription_create(
                 transcription_id=job.id,
                 kind=Kind.ACCEPTED,
                 data={"source": source, "size": size, "format": info.format_name},
+                job=job,
+                seq=1,
             )
     except Exception:
         # The row did not make it: the stored audio must not outlive it.
@@ -202,11 +209,27 @@ def transcription_time_limits(*, duration_hint: float | None) -> tuple[float, fl
     return soft, soft + settings.ASR_TIME_LIMIT_GRACE
 
 
+def batchable(duration_hint: float | None) -> bool:
+    """Whether a job this long may run in a micro-batch (see ASR_BATCH_*)."""
+    return (
+        settings.ASR_BATCH_JOBS > 1
+        and duration_hint is not None
+        and 0 < duration_hint <= settings.ASR_BATCH_JOB_MAX_SECONDS
+    )
+
+
+def _message_time_limits(duration_hint: float | None) -> tuple[float, float]:
+    # A short job's message may lead a batch: its limits cover a full one.
+    if batchable(duration_hint):
+        duration_hint = max(duration_hint or 0.0, settings.ASR_BATCH_AUDIO_SECONDS)
+    return transcription_time_limits(duration_hint=duration_hint)
+
+
 def transcription_enqueue(*, transcription: Transcription) -> None:
     """Send the job's message; a broker outage leaves the job to the reconciler."""
     from asr.tasks import transcribe
 
-    soft, hard = transcription_time_limits(duration_hint=transcription.duration_hint)
+    soft, hard = _message_time_limits(transcription.duration_hint)
     try:
         transcribe.apply_async(
             args=(str(transcription.id),),
@@ -221,82 +244,293 @@ def transcription_enqueue(*, transcription: Transcription) -> None:
         )
 
 
+def holder_task_id(*, status: str, task_id: str, batch_task_id: str) -> str | None:
+    """The task id of the message that holds a job: while it waits, its own; while
+    it runs, the message it runs under (its own, or a batch's)."""
+    if status == Status.QUEUED:
+        return task_id
+    if status == Status.RUNNING:
+        return batch_task_id or task_id
+    return None
+
+
 def transcription_claim(
     *, transcription_id: str, task_id: str, hostname: str
 ) -> Transcription | None:
     """Take the job for this worker, or ``None`` if there is nothing to do.
 
     A conditional UPDATE decides: a job already finished (a redelivered message) or
-    one whose workers died too often is not run again. A job still marked running
-    may be claimed: its message is only redelivered once the worker that held it is
-    gone (the broker's visibility timeout is longer than any task's hard limit).
+    one whose workers died too often is not run again. A running job may be claimed
+    by the message that holds it (its own, or the batch's it runs in): that message
+    is only redelivered once the worker that held it is gone (the broker's visibility
+    timeout is longer than any task's hard limit). Any other message for a running
+    job (its own, while a batch runs it) does nothing.
     """
     now = timezone.now()
-    claimable = Transcription.objects.filter(
-        pk=transcription_id, status__in=[Status.QUEUED, Status.RUNNING]
+    row = (
+        Transcription.objects.filter(pk=transcription_id)
+        .values("status", "duration_hint", "task_id", "batch_task_id")
+        .first()
     )
-    job = claimable.only("duration_hint").first()
-    if job is None:
+    if row is None or row["status"] not in (Status.QUEUED, Status.RUNNING):
         logger.info(
             "job %s: nothing to do (finished, cancelled or gone)", transcription_id
         )
+        # This message may have led a batch whose worker died after finishing this
+        # job but not the others: those go back to the queue.
+        if Transcription.objects.filter(
+            batch_task_id=task_id, status=Status.RUNNING
+        ).exists():
+            transcription_batch_release(task_id=task_id)
         return None
-    _, hard = transcription_time_limits(duration_hint=job.duration_hint)
-    updated = claimable.filter(attempts__lt=settings.ASR_MAX_ATTEMPTS).update(
-        status=Status.RUNNING,
-        attempts=F("attempts") + 1,
-        started_at=now,
-        deadline_at=now + timedelta(seconds=hard),
-        task_id=task_id,
-        worker_hostname=hostname[:255],
+    redelivered = row["status"] == Status.RUNNING
+    holder = holder_task_id(
+        status=row["status"], task_id=row["task_id"], batch_task_id=row["batch_task_id"]
     )
-    if updated == 0:
-        lost = claimable.update(
-            status=Status.FAILED,
-            error_code="worker_lost",
-            error_message=(
-                f"The worker stopped while transcribing this audio "
-                f"{settings.ASR_MAX_ATTEMPTS} times, so it was not tried again. The "
-                "file may crash the decoder or the model; try converting it to WAV "
-                "or FLAC."
-            ),
-            finished_at=now,
+    if redelivered and holder != task_id:
+        logger.info(
+            "job %s: running under task %s; this message has nothing to do",
+            transcription_id,
+            holder,
         )
-        if lost:
-            logger.warning(
-                "job %s: failed worker_lost after max attempts", transcription_id
-            )
+        return None
+    claimable = Transcription.objects.filter(pk=transcription_id, status=row["status"])
+    if redelivered:
+        claimable = claimable.filter(batch_task_id=row["batch_task_id"])
+    _, hard = _message_time_limits(row["duration_hint"])
+    job: Transcription | None = None
+    with transaction.atomic():
+        updated = claimable.filter(attempts__lt=settings.ASR_MAX_ATTEMPTS).update(
+            status=Status.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            deadline_at=now + timedelta(seconds=hard),
+            task_id=task_id,
+            batch_task_id="",
+            worker_hostname=hostname[:255],
+            event_seq=F("event_seq") + 1,
+        )
+        if updated:
+            job = Transcription.objects.select_related("owner").get(pk=transcription_id)
             transcription_event_record(
                 transcription_id=transcription_id,
-                kind=Kind.FAILED,
-                data={"code": "worker_lost"},
+                kind=Kind.STARTED,
+                data={"worker": hostname, "task_id": task_id},
+                job=job,
+                seq=job.event_seq,
             )
+    if job is None:
+        _fail_worker_lost(claimable, transcription_id, now)
         return None
-    transcription_event_record(
-        transcription_id=transcription_id,
-        kind=Kind.STARTED,
-        data={"worker": hostname, "task_id": task_id},
+    if redelivered:
+        # This message ran a batch when its worker died: the jobs it had taken go
+        # back to the queue, each to run on its own, so one file that kills workers
+        # cannot take the others down with it.
+        transcription_batch_release(task_id=task_id, keep=transcription_id)
+    job.claim_redelivered = redelivered  # type: ignore[attr-defined]
+    return job
+
+
+def _fail_worker_lost(claimable: Any, transcription_id: str, now: Any) -> None:
+    lost = claimable.update(
+        status=Status.FAILED,
+        error_code="worker_lost",
+        error_message=(
+            f"The worker stopped while transcribing this audio "
+            f"{settings.ASR_MAX_ATTEMPTS} times, so it was not tried again. The "
+            "file may crash the decoder or the model; try converting it to WAV "
+            "or FLAC."
+        ),
+        finished_at=now,
+        batch_task_id="",
     )
-    return Transcription.objects.get(pk=transcription_id)
+    if lost:
+        logger.warning(
+            "job %s: failed worker_lost after max attempts", transcription_id
+        )
+        transcription_event_record(
+            transcription_id=transcription_id,
+            kind=Kind.FAILED,
+            data={"code": "worker_lost"},
+        )
+
+
+def transcription_batch_claim(
+    *, leader: Transcription, task_id: str, hostname: str, wait: float = 0.0
+) -> list[Transcription]:
+    """Take other short queued jobs to run with ``leader`` under its message.
+
+    The oldest first, within ASR_BATCH_JOBS and ASR_BATCH_AUDIO_SECONDS; if fewer
+    are waiting, look again for up to ``wait`` seconds. Each is claimed like a job
+    of its own (queued -> running, attempts + 1, a STARTED event), marked as held by
+    ``task_id``; its own message, when it comes, does nothing.
+    """
+    if not batchable(leader.duration_hint):
+        return []
+    room = settings.ASR_BATCH_JOBS - 1
+    budget = settings.ASR_BATCH_AUDIO_SECONDS - (leader.duration_hint or 0.0)
+    members: list[Transcription] = []
+    give_up = time.monotonic() + wait
+    while room > 0 and budget > 0:
+        taken = _batch_claim_once(
+            leader=leader, task_id=task_id, hostname=hostname, room=room, budget=budget
+        )
+        members += taken
+        room -= len(taken)
+        budget -= sum(job.duration_hint or 0.0 for job in taken)
+        if room <= 0 or time.monotonic() >= give_up:
+            break
+        time.sleep(min(0.005, max(give_up - time.monotonic(), 0)))
+    if members:
+        logger.info(
+            "job %s: batch of %d under task %s (%s)",
+            leader.id,
+            len(members) + 1,
+            task_id,
+            ", ".join(str(job.id) for job in members),
+        )
+    return members
+
+
+def _batch_claim_once(
+    *, leader: Transcription, task_id: str, hostname: str, room: int, budget: float
+) -> list[Transcription]:
+    now = timezone.now()
+    longest = min(settings.ASR_BATCH_JOB_MAX_SECONDS, budget)
+    with transaction.atomic():
+        # SKIP LOCKED: two workers batching at once take different jobs instead of
+        # waiting on each other (PostgreSQL; SQLite has one writer at a time anyway).
+        waiting = list(
+            Transcription.objects.select_for_update(skip_locked=True)
+            .filter(
+                status=Status.QUEUED,
+                duration_hint__gt=0,
+                duration_hint__lte=longest,
+                attempts__lt=settings.ASR_MAX_ATTEMPTS,
+            )
+            .exclude(pk=leader.pk)
+            .order_by("created_at")
+            .values_list("pk", "duration_hint")[:room]
+        )
+        chosen, total = [], 0.0
+        for pk, hint in waiting:
+            duration = hint or 0.0
+            if total + duration > budget:
+                break
+            chosen.append(pk)
+            total += duration
+        if not chosen:
+            return []
+        Transcription.objects.filter(pk__in=chosen, status=Status.QUEUED).update(
+            status=Status.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            deadline_at=leader.deadline_at,
+            batch_task_id=task_id,
+            worker_hostname=hostname[:255],
+            event_seq=F("event_seq") + 1,
+        )
+        members = list(
+            Transcription.objects.select_related("owner")
+            .filter(pk__in=chosen, status=Status.RUNNING, batch_task_id=task_id)
+            .order_by("created_at")
+        )
+        transcription_events_record_bulk(
+            [
+                (
+                    job,
+                    Kind.STARTED,
+                    {
+                        "worker": hostname,
+                        "task_id": task_id,
+                        "batch_of": str(leader.id),
+                    },
+                )
+                for job in members
+            ]
+        )
+    return members
+
+
+def transcription_batch_release(*, task_id: str, keep: Any = None) -> int:
+    """Put back in the queue the running jobs held by batch message ``task_id``
+    (but ``keep``), each under a new message of its own."""
+    released = 0
+    with transaction.atomic():
+        held = Transcription.objects.filter(
+            batch_task_id=task_id, status=Status.RUNNING
+        )
+        if keep is not None:
+            held = held.exclude(pk=keep)
+        for job in held.select_for_update():
+            # A new task id: the job's old message may still be waiting in the queue,
+            # and two messages with one id could both take the job.
+            new_task_id = str(uuid.uuid4())
+            if not Transcription.objects.filter(
+                pk=job.pk, status=Status.RUNNING, batch_task_id=task_id
+            ).update(
+                status=Status.QUEUED,
+                batch_task_id="",
+                task_id=new_task_id,
+                started_at=None,
+                deadline_at=None,
+            ):
+                continue
+            job.status, job.task_id, job.batch_task_id = Status.QUEUED, new_task_id, ""
+            transcription_event_record(
+                transcription_id=job.pk,
+                kind=Kind.REQUEUED,
+                data={"reason": "its batch's worker stopped", "batch_task_id": task_id},
+            )
+            transaction.on_commit(
+                functools.partial(transcription_enqueue, transcription=job)
+            )
+            released += 1
+    if released:
+        logger.warning(
+            "batch %s: %d jobs put back in the queue after its worker stopped",
+            task_id,
+            released,
+        )
+    return released
 
 
 def _finish(job: Transcription, event: dict[str, Any], **fields: Any) -> bool:
     """Write the outcome of this attempt, unless another attempt got there first."""
+    return bool(_finish_many([(job, event, fields)]))
+
+
+def _finish_many(
+    outcomes: list[tuple[Transcription, dict[str, Any], dict[str, Any]]],
+) -> list[Transcription]:
+    """Write several jobs' outcomes in one transaction (a batch's); returns the jobs
+    written. A job whose attempt is no longer the latest (another worker took it
+    over) or that is no longer running keeps what it has."""
     now = timezone.now()
-    fields.setdefault("finished_at", now)
-    if job.started_at is not None:
-        fields["processing_seconds"] = (now - job.started_at).total_seconds()
+    done: list[tuple[Transcription, str, dict[str, Any]]] = []
     with transaction.atomic():
-        done = bool(
-            Transcription.objects.filter(
+        for job, event, fields in outcomes:
+            fields = {"finished_at": now, "batch_task_id": "", **fields}
+            if job.started_at is not None:
+                fields["processing_seconds"] = (
+                    fields["finished_at"] - job.started_at
+                ).total_seconds()
+            if Transcription.objects.filter(
                 pk=job.pk, status=Status.RUNNING, attempts=job.attempts
-            ).update(**fields)
-        )
+            ).update(event_seq=F("event_seq") + 1, **fields):
+                for name, value in fields.items():
+                    setattr(job, name, value)
+                done.append((job, fields["status"], event))
         if done:
-            transcription_event_record(
-                transcription_id=job.pk, kind=fields["status"], data=event
+            seqs = dict(
+                Transcription.objects.filter(
+                    pk__in=[job.pk for job, _, _ in done]
+                ).values_list("pk", "event_seq")
             )
-    return done
+            for job, _, _ in done:
+                job.event_seq = seqs[job.pk]
+            transcription_events_record_bulk(done)
+    return [job for job, _, _ in done]
 
 
 def transcription_fail(
@@ -313,13 +547,21 @@ def transcription_fail(
         logger.info("job %s failed: %s: %s", transcription.id, code, message)
 
 
+_TIMEOUT_MESSAGE = (
+    "Transcribing took longer than this audio's time limit. The file may declare a "
+    "shorter duration than it holds; try re-encoding it."
+)
+
+
 def transcription_process(
     *, transcription_id: str, task_id: str, hostname: str, engine: Any
 ) -> None:
-    """Worker side of one job: claim, decode, transcribe, store.
+    """Worker side of one message: claim, decode, transcribe, store.
 
-    Permanent problems (bad audio, unsupported language, timeout) fail the job at
-    once. Transient ones (``EngineTransientError``) propagate so that the task retries.
+    A short job takes other short jobs waiting in the queue with it (micro-batching,
+    ASR_BATCH_*), unless its message is a redelivery. Permanent problems (bad audio,
+    unsupported language, timeout) fail a job at once. Transient ones
+    (``EngineTransientError``) propagate so that the task retries.
     """
     job = transcription_claim(
         transcription_id=transcription_id, task_id=task_id, hostname=hostname
@@ -333,77 +575,240 @@ def transcription_process(
         job.attempts,
         task_id,
     )
+    members: list[Transcription] = []
+    if not getattr(job, "claim_redelivered", False):
+        members = transcription_batch_claim(
+            leader=job,
+            task_id=task_id,
+            hostname=hostname,
+            wait=settings.ASR_BATCH_WAIT_SECONDS
+            if getattr(engine, "batches_natively", False)
+            else 0.0,
+        )
+    if members:
+        _process_batch([job, *members], engine)
+    else:
+        _process_one(job, engine)
+
+
+def _decode(job: Transcription) -> tuple[np.ndarray, float]:
+    """The job's audio as samples, and the seconds decoding took; AudioError if it
+    cannot be used."""
     if not job.audio.name or not default_storage.exists(job.audio.name):
-        transcription_fail(
-            transcription=job,
-            code="audio_missing",
-            message="The audio of this job is no longer stored; upload it again.",
+        raise audio_lib.AudioError(
+            "audio_missing",
+            "The audio of this job is no longer stored; upload it again.",
         )
-        return
+    started = time.monotonic()
+    samples = audio_lib.decode(
+        job.audio.path,
+        max_seconds=settings.ASR_MAX_DURATION_SECONDS,
+        timeout=settings.ASR_DECODE_TIMEOUT_SECONDS,
+    )
+    return samples, time.monotonic() - started
+
+
+def _success_fields(
+    job: Transcription,
+    engine: Any,
+    result: TranscriptionResult,
+    *,
+    duration: float,
+    decode_seconds: float,
+    engine_seconds: float,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    event = {"duration": round(duration, 3), "engine_seconds": round(engine_seconds, 4)}
+    fields = {
+        "status": Status.SUCCEEDED,
+        "text": result.text,
+        "segments": result.segments_as_dicts(),
+        # The pid tells which worker process (and model load) ran it.
+        "meta": {**result.meta, "worker_pid": os.getpid()},
+        "detected_language": result.language or "",
+        "duration": round(duration, 3),
+        "engine": engine.name,
+        "model": engine.model_name,
+        "device": engine.device,
+        "decode_seconds": round(decode_seconds, 4),
+        "engine_seconds": round(engine_seconds, 4),
+        "real_time_factor": round(engine_seconds / duration, 4) if duration else None,
+        "error_code": "",
+        "error_message": "",
+    }
+    return event, fields
+
+
+def _process_one(job: Transcription, engine: Any) -> None:
     try:
-        started = time.monotonic()
-        samples = audio_lib.decode(
-            job.audio.path,
-            max_seconds=settings.ASR_MAX_DURATION_SECONDS,
-            timeout=settings.ASR_DECODE_TIMEOUT_SECONDS,
-        )
-        decoded = time.monotonic()
+        samples, decode_seconds = _decode(job)
         duration = samples.shape[0] / audio_lib.SAMPLE_RATE
         Transcription.objects.filter(pk=job.pk, attempts=job.attempts).update(
             duration=round(duration, 3)
         )
+        started = time.monotonic()
         result: TranscriptionResult = engine.transcribe(
             samples,
             audio_lib.SAMPLE_RATE,
             job.language or None,
             on_segment=ProgressReporter(job),
         )
-        finished = time.monotonic()
-    except audio_lib.AudioError as exc:
-        transcription_fail(transcription=job, code=exc.code, message=exc.message)
-        return
-    except EngineError as exc:
+        engine_seconds = time.monotonic() - started
+    except (audio_lib.AudioError, EngineError) as exc:
         transcription_fail(transcription=job, code=exc.code, message=exc.message)
         return
     except SoftTimeLimitExceeded:
-        transcription_fail(
-            transcription=job,
-            code="timeout",
-            message="Transcribing took longer than this audio's time limit. The file "
-            "may declare a shorter duration than it holds; try re-encoding it.",
-        )
+        transcription_fail(transcription=job, code="timeout", message=_TIMEOUT_MESSAGE)
         return
-
-    engine_seconds = finished - decoded
-    done = _finish(
+    event, fields = _success_fields(
         job,
-        {"duration": round(duration, 3), "engine_seconds": round(engine_seconds, 4)},
-        status=Status.SUCCEEDED,
-        text=result.text,
-        segments=result.segments_as_dicts(),
-        # The pid tells which worker process (and model load) ran it.
-        meta={**result.meta, "worker_pid": os.getpid()},
-        detected_language=result.language or "",
-        duration=round(duration, 3),
-        engine=engine.name,
-        model=engine.model_name,
-        device=engine.device,
-        decode_seconds=round(decoded - started, 4),
-        engine_seconds=round(engine_seconds, 4),
-        real_time_factor=round(engine_seconds / duration, 4) if duration else None,
-        error_code="",
-        error_message="",
+        engine,
+        result,
+        duration=duration,
+        decode_seconds=decode_seconds,
+        engine_seconds=engine_seconds,
     )
-    if done:
+    if _finish(job, event, **fields):
         logger.info(
             "job %s succeeded: %.1f s of audio in %.2f s (engine %.2f s)",
             job.id,
             duration,
-            finished - started,
+            decode_seconds + engine_seconds,
             engine_seconds,
         )
     else:
         logger.warning("job %s: result dropped, another attempt finished it", job.id)
+
+
+# Outcomes of a batch on an engine without batched inference are written together
+# when they come this close to one another; slower ones each as soon as known.
+_BATCH_FLUSH_SECONDS = 0.1
+
+
+def _process_batch(jobs: list[Transcription], engine: Any) -> None:
+    """Decode every job (a bad file fails alone), transcribe them together, store."""
+    pending: list[tuple[Transcription, dict[str, Any], dict[str, Any]]] = []
+    ready: list[tuple[Transcription, np.ndarray, float]] = []
+    try:
+        for job in jobs:
+            try:
+                samples, decode_seconds = _decode(job)
+            except audio_lib.AudioError as exc:
+                pending.append(_failure(job, exc.code, exc.message))
+                continue
+            ready.append((job, samples, decode_seconds))
+        if ready and getattr(engine, "batches_natively", False):
+            pending += _transcribe_together(ready, engine)
+        else:
+            last_flush = time.monotonic()
+            for item in ready:
+                pending.append(_transcribe_alone(item, engine))
+                if time.monotonic() - last_flush >= _BATCH_FLUSH_SECONDS:
+                    _write_outcomes(pending)
+                    pending, last_flush = [], time.monotonic()
+    except SoftTimeLimitExceeded:
+        written = {job.pk for job, _, _ in pending}
+        pending += [
+            _failure(job, "timeout", _TIMEOUT_MESSAGE)
+            for job in jobs
+            if job.pk not in written
+        ]
+    _write_outcomes(pending)
+
+
+def _failure(
+    job: Transcription, code: str, message: str
+) -> tuple[Transcription, dict[str, Any], dict[str, Any]]:
+    return (
+        job,
+        {"code": code},
+        {"status": Status.FAILED, "error_code": code, "error_message": message},
+    )
+
+
+def _transcribe_alone(
+    item: tuple[Transcription, np.ndarray, float], engine: Any
+) -> tuple[Transcription, dict[str, Any], dict[str, Any]]:
+    job, samples, decode_seconds = item
+    started = time.monotonic()
+    try:
+        result = engine.transcribe(samples, audio_lib.SAMPLE_RATE, job.language or None)
+    except EngineError as exc:
+        return _failure(job, exc.code, exc.message)
+    event, fields = _success_fields(
+        job,
+        engine,
+        result,
+        duration=samples.shape[0] / audio_lib.SAMPLE_RATE,
+        decode_seconds=decode_seconds,
+        engine_seconds=time.monotonic() - started,
+    )
+    return job, event, fields
+
+
+def _transcribe_together(
+    ready: list[tuple[Transcription, np.ndarray, float]], engine: Any
+) -> list[tuple[Transcription, dict[str, Any], dict[str, Any]]]:
+    started = time.monotonic()
+    try:
+        results = engine.transcribe_batch(
+            [samples for _, samples, _ in ready],
+            audio_lib.SAMPLE_RATE,
+            [job.language or None for job, _, _ in ready],
+        )
+    except EngineError:
+        # One job's problem (its language, say) must not fail the others: find it.
+        return [_transcribe_alone(item, engine) for item in ready]
+    elapsed = time.monotonic() - started
+    total = sum(samples.shape[0] for _, samples, _ in ready) or 1
+    outcomes = []
+    for (job, samples, decode_seconds), result in zip(ready, results, strict=True):
+        # One call ran them all: each job is charged its share by audio length.
+        share = elapsed * samples.shape[0] / total
+        event, fields = _success_fields(
+            job,
+            engine,
+            result,
+            duration=samples.shape[0] / audio_lib.SAMPLE_RATE,
+            decode_seconds=decode_seconds,
+            engine_seconds=share,
+        )
+        event["batch_size"] = fields["meta"]["batch_jobs"] = len(ready)
+        outcomes.append((job, event, fields))
+    return outcomes
+
+
+def _write_outcomes(
+    outcomes: list[tuple[Transcription, dict[str, Any], dict[str, Any]]],
+) -> None:
+    if not outcomes:
+        return
+    written = {job.pk for job in _finish_many(outcomes)}
+    for job, event, fields in outcomes:
+        # The task's log context names the batch's leader: each line names its job.
+        extra = {"job_id": str(job.id)}
+        if job.pk not in written:
+            logger.warning(
+                "job %s: result dropped, another attempt finished it",
+                job.id,
+                extra=extra,
+            )
+        elif fields["status"] == Status.FAILED:
+            logger.info(
+                "job %s failed: %s: %s",
+                job.id,
+                fields["error_code"],
+                fields["error_message"],
+                extra=extra,
+            )
+        else:
+            logger.info(
+                "job %s succeeded: %.1f s of audio in %.2f s (engine %.2f s), batched",
+                job.id,
+                event["duration"],
+                fields["decode_seconds"] + event["engine_seconds"],
+                event["engine_seconds"],
+                extra=extra,
+            )
 
 
 class ProgressReporter:
@@ -456,6 +861,7 @@ def transcription_progress(
         if not updated:
             return
         seq = next_event_seq(transcription.pk)
+        transcription.event_seq = seq
         transaction.on_commit(
             lambda: announce_progress(
                 transcription_id=transcription.pk,
@@ -584,15 +990,20 @@ def transcription_reconcile(
     """Re-send jobs whose message the broker lost; fail running ones past deadline.
 
     ``broker_task_ids`` are the task ids held by the broker (waiting or unacked). A
-    queued or running job whose task id is not among them has no message that would
-    ever run it: Redis restarted without its data, or a hard time limit killed it.
+    queued or running job whose holding message (``holder_task_id``: its own, or the
+    batch's it runs in) is not among them has no message that would ever run it:
+    Redis restarted without its data, or a hard time limit killed it.
     """
     now = timezone.now()
     cutoff = now - timedelta(seconds=min_age)
     counts = {"requeued": 0, "timed_out": 0}
-    candidates = Transcription.objects.filter(
-        status__in=[Status.QUEUED, Status.RUNNING], created_at__lt=cutoff
-    ).exclude(task_id__in=broker_task_ids)
+    candidates = (
+        Transcription.objects.filter(
+            status__in=[Status.QUEUED, Status.RUNNING], created_at__lt=cutoff
+        )
+        .exclude(batch_task_id="", task_id__in=broker_task_ids)
+        .exclude(status=Status.RUNNING, batch_task_id__in=broker_task_ids)
+    )
     for job in candidates.iterator():
         if job.status == Status.RUNNING and job.deadline_at and job.deadline_at < now:
             if Transcription.objects.filter(
@@ -603,6 +1014,7 @@ def transcription_reconcile(
                 error_message="Transcribing took longer than this audio's time limit "
                 "and was stopped.",
                 finished_at=now,
+                batch_task_id="",
             ):
                 counts["timed_out"] += 1
                 transcription_event_record(
@@ -610,6 +1022,10 @@ def transcription_reconcile(
                 )
             continue
         if job.status == Status.RUNNING and job.started_at and job.started_at > cutoff:
+            continue
+        if job.status == Status.RUNNING and job.batch_task_id:
+            # The batch's message is gone: its jobs go back to the queue.
+            counts["requeued"] += transcription_batch_release(task_id=job.batch_task_id)
             continue
         logger.warning("job %s: no message in the broker, re-sending", job.id)
         transcription_event_record(

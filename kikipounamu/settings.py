@@ -232,6 +232,15 @@ ASR_USE_ITN = env.bool("ASR_USE_ITN", default=True)
 # Segments per engine call, and the longest segment (VAD cut or fixed window).
 ASR_BATCH_SIZE = env.int("ASR_BATCH_SIZE", default=16)
 ASR_MAX_SEGMENT_SECONDS = env.float("ASR_MAX_SEGMENT_SECONDS", default=30)
+# Micro-batching: a worker that takes a short job also takes other short jobs waiting
+# in the queue (the oldest first) and runs them together: one engine call on engines
+# that batch (FunASR on a GPU), one task's set-up and fewer database round trips on
+# the others. Bounded by the number of jobs (1: off), their total audio, the length
+# of a job that may join, and how long to wait for more (engines that batch only).
+ASR_BATCH_JOBS = env.int("ASR_BATCH_JOBS", default=16)
+ASR_BATCH_AUDIO_SECONDS = env.float("ASR_BATCH_AUDIO_SECONDS", default=120)
+ASR_BATCH_JOB_MAX_SECONDS = env.float("ASR_BATCH_JOB_MAX_SECONDS", default=30)
+ASR_BATCH_WAIT_SECONDS = env.float("ASR_BATCH_WAIT_SECONDS", default=0.02)
 # GPUs for this worker's processes, e.g. "0,1": pool process i gets GPU i mod n
 # (also the worker option --gpus). Empty: ASR_DEVICE as is.
 ASR_GPUS = env.str("ASR_GPUS", default="")

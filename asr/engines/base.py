@@ -71,6 +71,10 @@ class Engine(Protocol):
     name: str
     model_name: str
     device: str
+    # True when ``transcribe_batch`` runs clips together (one forward pass for many,
+    # as FunASR on a GPU); False when it is a loop over ``transcribe``. A worker only
+    # waits for more short jobs to fill a batch for engines that batch.
+    batches_natively: bool
 
     def transcribe(
         self,
@@ -91,6 +95,8 @@ class Engine(Protocol):
 
 class SequentialBatchMixin:
     """For engines with no batched inference: a batch is a loop over clips."""
+
+    batches_natively = False
 
     def transcribe_batch(
         self,

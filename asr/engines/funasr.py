@@ -205,6 +205,8 @@ class FunASREngine:
     device. Built once per worker process."""
 
     name = "funasr"
+    # Segments of several clips go through the model together (transcribe_batch).
+    batches_natively = True
 
     def __init__(
         self,
