@@ -321,6 +321,11 @@ def transcription_process(
     Permanent problems (bad audio, unsupported language, timeout) fail the job at
     once. Transient ones (``EngineTransientError``) propagate so that the task retries.
     """
+    from asr import fanout
+
+    # Long audio already split into chunks (asr.fanout): never claimed or split again.
+    if fanout.transcription_fan_out_resume(transcription_id=transcription_id):
+        return
     job = transcription_claim(
         transcription_id=transcription_id, task_id=task_id, hostname=hostname
     )
@@ -352,6 +357,12 @@ def transcription_process(
         Transcription.objects.filter(pk=job.pk, attempts=job.attempts).update(
             duration=round(duration, 3)
         )
+        if fanout.fan_out_wanted(duration=duration):
+            # Long audio: chunks run as parallel tasks and the last one merges.
+            fanout.transcription_fan_out(
+                transcription=job, samples=samples, decode_seconds=decoded - started
+            )
+            return
         result: TranscriptionResult = engine.transcribe(
             samples,
             audio_lib.SAMPLE_RATE,
@@ -502,6 +513,9 @@ def transcription_retry(*, transcription: Transcription) -> Transcription:
             raise ApplicationError(
                 "This job changed meanwhile; reload it.", code="conflict", status=409
             )
+        from asr.fanout import transcription_chunks_discard
+
+        transcription_chunks_discard(transcription_id=transcription.pk)
         transcription_event_record(
             transcription_id=transcription.pk,
             kind=Kind.RETRIED,
@@ -591,7 +605,10 @@ def transcription_reconcile(
     cutoff = now - timedelta(seconds=min_age)
     counts = {"requeued": 0, "timed_out": 0}
     candidates = Transcription.objects.filter(
-        status__in=[Status.QUEUED, Status.RUNNING], created_at__lt=cutoff
+        status__in=[Status.QUEUED, Status.RUNNING],
+        created_at__lt=cutoff,
+        # Fanned-out jobs have chunk messages, not this one: asr.fanout reconciles them.
+        chunks__isnull=True,
     ).exclude(task_id__in=broker_task_ids)
     for job in candidates.iterator():
         if job.status == Status.RUNNING and job.deadline_at and job.deadline_at < now:
