@@ -29,7 +29,8 @@ SPEECH_PAD_MS = 100
 # The VAD model runs over blocks of this many seconds: it would otherwise copy the
 # whole file (a 4 h file is ~0.9 GB of float32) into its input batch at once.
 VAD_BLOCK_SECONDS = 600.0
-# A cut stays this far from speech where the pause is long enough (else: its middle).
+# A cut goes this long before speech resumes, where the pause is long enough (else:
+# in its middle).
 CUT_MARGIN_SECONDS = 0.5
 # Frames for the quietest-point fallback (32 ms at 16 kHz, the VAD's window).
 ENERGY_FRAME = 512
@@ -104,11 +105,14 @@ def plan_chunks(
     """Cut ``[0, n_samples)`` into consecutive spans of at most ``maximum`` samples.
 
     Each cut lies in a pause (``silences``: sorted sample spans) when one is within
-    reach: of the places in pauses at least ``margin`` from speech (the middle of a
-    shorter pause), the one nearest ``want``, ``target`` samples after the previous
-    cut. Without a pause, at ``quietest(lo, hi, want)``, or at ``want`` itself.
-    Every chunk but a short clip's only one is at least ``target // 2`` long. The
-    spans cover every sample exactly once.
+    reach, the pause whose cut is nearest ``want``, ``target`` samples after the
+    previous cut. In a pause the cut goes ``margin`` before speech resumes (the
+    middle of a shorter pause): the next chunk then starts with a short lead-in, as
+    Whisper's timestamps need; they drift by up to a long leading silence. A pause
+    that lasts past ``maximum`` is cut at the length nearest ``want``. Without a
+    pause, at ``quietest(lo, hi, want)``, or at ``want`` itself. Every chunk but a
+    short clip's only one is at least ``target // 2`` long. The spans cover every
+    sample exactly once.
     """
     if target <= 0 or maximum < target:
         raise ValueError("need 0 < target <= maximum")
@@ -133,7 +137,10 @@ def plan_chunks(
             keep = min((e - s) // 2, margin)
             safe_lo, safe_hi = max(s + keep, lo), min(e - keep, hi)
             if safe_lo <= safe_hi:
-                cut = min(max(want, safe_lo), safe_hi)
+                resume = e - keep
+                # Past the reach, the next chunk starts in silence anyway: then
+                # the length decides.
+                cut = resume if resume <= hi else min(max(want, safe_lo), safe_hi)
             else:
                 # Only the pause's edge is within reach: as far into it as allowed.
                 cut = min(max((s + e) // 2, a), b)

@@ -538,14 +538,15 @@ def _fail_job(*, chunk: TranscriptionChunk, code: str, message: str) -> bool:
             .filter(pk=chunk.transcription_id, status=Status.RUNNING)
             .first()
         )
-        if job is None:
-            return False
-        TranscriptionChunk.objects.filter(pk=chunk.pk).update(
+        # The chunk's own record, even when another chunk failed the job first.
+        TranscriptionChunk.objects.filter(pk=chunk.pk, status__in=_PENDING).update(
             status=ChunkStatus.FAILED,
             error_code=code,
             error_message=message,
             finished_at=timezone.now(),
         )
+        if job is None:
+            return False
         done = _finish(
             job,
             {"code": code, "chunk": chunk.index},

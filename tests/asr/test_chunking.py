@@ -76,11 +76,19 @@ def test_a_steady_tone_with_no_quiet_place_is_cut_at_the_target() -> None:
     assert abs(cut - 20 * SR) <= chunking.ENERGY_FRAME
 
 
-def test_in_a_long_pause_the_cut_is_near_the_target_away_from_speech() -> None:
-    # given speech until 12 s, then 40 s of silence, then speech
-    silences = [(12 * SR, 52 * SR)]
+def test_in_a_pause_the_cut_is_just_before_speech_resumes() -> None:
+    # given a 3.5 s pause from 17 s: the next chunk starts 0.5 s before speech
     spans = chunking.plan_chunks(
-        80 * SR, silences, target=20 * SR, maximum=30 * SR, margin=SR // 2
+        80 * SR,
+        [(17 * SR, 20 * SR + SR // 2)],
+        target=20 * SR,
+        maximum=30 * SR,
+        margin=SR // 2,
+    )
+    assert spans[0] == (0, 20 * SR)
+    # a pause lasting past the maximum length is cut at the target length
+    spans = chunking.plan_chunks(
+        80 * SR, [(12 * SR, 52 * SR)], target=20 * SR, maximum=30 * SR, margin=SR
     )
     assert spans[0] == (0, 20 * SR)
     # and a pause whose safe middle is out of reach is cut as deep inside as allowed
