@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import connection
 from django.utils import timezone
 
 from asr import chunking
@@ -198,6 +200,43 @@ def test_chunks_finishing_in_any_order_merge_in_order_with_absolute_times(
     assert list(job.events.values_list("kind", flat=True)) == ["started", "succeeded"]
     # and the chunk audio is gone
     assert not folder.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_two_chunks_finishing_at_once_merge_the_job_exactly_once(
+    sent: list[int],
+) -> None:
+    # Each chunk counts the done ones under a row lock on the job: without it, on
+    # PostgreSQL (READ COMMITTED) two chunks committing together can both miss the
+    # other and leave the job running.
+    for _ in range(4):
+        job = lead(long_job(70))
+        chunks = chunks_of(job)
+        assert len(chunks) == 3
+        run_chunk(chunks[0], FakeEngine())
+        barrier = threading.Barrier(2)
+
+        class Together(FakeEngine):
+            def transcribe(self, samples: Any, *args: Any, **kwargs: Any) -> Any:
+                barrier.wait(10)  # both finish transcribing at the same moment
+                return super().transcribe(samples, *args, **kwargs)
+
+        def finish(chunk: TranscriptionChunk) -> None:
+            try:
+                run_chunk(chunk, Together(), hostname=f"w{chunk.index}")
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=finish, args=(c,)) for c in chunks[1:]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+        job.refresh_from_db()
+        assert job.status == Status.SUCCEEDED
+        assert job.events.filter(kind="succeeded").count() == 1
+        assert job.text == " ".join(["hello world"] * 3)
 
 
 def test_a_redelivered_chunk_message_never_computes_a_done_chunk_again(
