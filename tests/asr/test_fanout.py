@@ -31,6 +31,7 @@ from asr.models import TranscriptionEvent
 from asr.signals import transcription_event
 from tests.asr.test_services import FakeEngine
 from tests.audio_files import sine
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -427,3 +428,14 @@ def test_fan_out_settings_decide_which_audio_is_split(settings: Any) -> None:
     # a threshold below the longest chunk would make one-chunk "fan-outs"
     settings.ASR_FANOUT_SECONDS = 5
     assert not fanout.fan_out_wanted(duration=29)
+
+
+def test_the_admin_shows_a_jobs_chunks(sent: list[int], client: Any) -> None:
+    job = lead(long_job(70))
+    run_chunk(chunks_of(job)[0], FakeEngine(), hostname="gpu-7")
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    response = client.get(f"/admin/asr/transcription/{job.id}/change/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Transcription chunks" in page
+    assert "gpu-7" in page
