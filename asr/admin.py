@@ -13,6 +13,7 @@ from django.utils.html import format_html
 
 from asr import services
 from asr.models import Transcription
+from asr.models import TranscriptionChunk
 from asr.models import TranscriptionEvent
 from kikipounamu.errors import ApplicationError
 
@@ -24,6 +25,31 @@ class TranscriptionEventInline(admin.TabularInline):
     extra = 0
     can_delete = False
     ordering = ["seq"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class TranscriptionChunkInline(admin.TabularInline):
+    """The chunks of a fanned-out job: where each ran, how often, how long."""
+
+    model = TranscriptionChunk
+    fields = (
+        "index",
+        "start",
+        "end",
+        "status",
+        "attempts",
+        "worker_hostname",
+        "worker_pid",
+        "device",
+        "engine_seconds",
+        "error_code",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["index"]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -46,7 +72,7 @@ class TranscriptionAdmin(admin.ModelAdmin):
     search_fields = ["id", "original_filename", "text", "audio_sha256", "task_id"]
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
-    inlines = [TranscriptionEventInline]
+    inlines = [TranscriptionChunkInline, TranscriptionEventInline]
     actions = ["retry_jobs", "cancel_jobs", "delete_audio"]
     fieldsets = [
         (

@@ -101,13 +101,20 @@ def _announce(event: TranscriptionEvent, job: Transcription | None = None) -> No
 
 
 def announce_progress(
-    *, transcription_id: UUID | str, seq: int, processed_seconds: float
+    *,
+    transcription_id: UUID | str,
+    seq: int,
+    processed_seconds: float,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Announce progress like an event, but with no history row behind it."""
+    """Announce progress like an event, but with no history row behind it.
+
+    ``extra`` joins the event's data (a fanned-out job: chunks done and total).
+    """
     event = TranscriptionEvent(
         transcription_id=transcription_id,
         seq=seq,
         kind=TranscriptionEvent.Kind.PROGRESS,
-        data={"processed_seconds": round(processed_seconds, 3)},
+        data={"processed_seconds": round(processed_seconds, 3), **(extra or {})},
     )
     _announce(event)

@@ -143,3 +143,68 @@ class TranscriptionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.transcription_id} #{self.seq} {self.kind}"
+
+
+class TranscriptionChunk(models.Model):
+    """One piece of a long job, cut at a pause and transcribed by its own task.
+
+    Made by ``asr.fanout`` for audio longer than ASR_FANOUT_SECONDS. Times are
+    seconds in the job's audio; ``segments`` carry absolute times too. A chunk that
+    succeeded is never run again: its attempts say how often it was started.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    transcription = models.ForeignKey(
+        Transcription, on_delete=models.CASCADE, related_name="chunks"
+    )
+    index = models.PositiveIntegerField()
+    start = models.FloatField()
+    end = models.FloatField()
+    # Storage name of the chunk's 16 kHz mono WAV; deleted when the job finishes.
+    audio = models.CharField(max_length=255)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    task_id = models.CharField(max_length=64)
+
+    text = models.TextField(blank=True)
+    segments = models.JSONField(default=list, blank=True)
+    language = models.CharField(max_length=16, blank=True)
+    engine = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=128, blank=True)
+    device = models.CharField(max_length=32, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+
+    worker_hostname = models.CharField(max_length=255, blank=True)
+    # The pool process: which model load ran it.
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    # Set at claim: past it, a running chunk whose message is gone has timed out.
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    engine_seconds = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["transcription", "index"]
+        constraints = [
+            # A second fan-out of one job (a redelivered leader) cannot add chunks.
+            models.UniqueConstraint(
+                fields=["transcription", "index"], name="unique_chunk_index"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.transcription_id} chunk {self.index} ({self.status})"
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start

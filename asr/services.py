@@ -296,6 +296,11 @@ def transcription_claim(
         return None
     claimable = Transcription.objects.filter(pk=transcription_id, status=row["status"])
     if redelivered:
+        from asr import fanout
+
+        # Long audio already split into chunks: never claimed or split again.
+        if fanout.transcription_fan_out_resume(transcription_id=transcription_id):
+            return None
         claimable = claimable.filter(batch_task_id=row["batch_task_id"])
     _, hard = _message_time_limits(row["duration_hint"])
     job: Transcription | None = None
@@ -639,12 +644,20 @@ def _success_fields(
 
 
 def _process_one(job: Transcription, engine: Any) -> None:
+    from asr import fanout
+
     try:
         samples, decode_seconds = _decode(job)
         duration = samples.shape[0] / audio_lib.SAMPLE_RATE
         Transcription.objects.filter(pk=job.pk, attempts=job.attempts).update(
             duration=round(duration, 3)
         )
+        if fanout.fan_out_wanted(duration=duration):
+            # Long audio: chunks run as parallel tasks and the last one merges.
+            fanout.transcription_fan_out(
+                transcription=job, samples=samples, decode_seconds=decode_seconds
+            )
+            return
         started = time.monotonic()
         result: TranscriptionResult = engine.transcribe(
             samples,
@@ -908,6 +921,9 @@ def transcription_retry(*, transcription: Transcription) -> Transcription:
             raise ApplicationError(
                 "This job changed meanwhile; reload it.", code="conflict", status=409
             )
+        from asr.fanout import transcription_chunks_discard
+
+        transcription_chunks_discard(transcription_id=transcription.pk)
         transcription_event_record(
             transcription_id=transcription.pk,
             kind=Kind.RETRIED,
@@ -999,7 +1015,11 @@ def transcription_reconcile(
     counts = {"requeued": 0, "timed_out": 0}
     candidates = (
         Transcription.objects.filter(
-            status__in=[Status.QUEUED, Status.RUNNING], created_at__lt=cutoff
+            status__in=[Status.QUEUED, Status.RUNNING],
+            created_at__lt=cutoff,
+            # Fanned-out jobs have chunk messages, not this one: asr.fanout
+            # reconciles them.
+            chunks__isnull=True,
         )
         .exclude(batch_task_id="", task_id__in=broker_task_ids)
         .exclude(status=Status.RUNNING, batch_task_id__in=broker_task_ids)

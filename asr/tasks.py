@@ -11,6 +11,7 @@ from celery.signals import task_postrun
 from celery.signals import worker_process_init
 from django.conf import settings
 
+from asr import fanout
 from asr import services
 from asr.broker import broker_task_ids
 from asr.engines import EngineTransientError
@@ -44,6 +45,31 @@ def transcribe(self: Any, transcription_id: str) -> None:
     )
 
 
+@shared_task(
+    bind=True,
+    name="asr.transcribe_chunk",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    autoretry_for=(EngineTransientError,),
+    retry_backoff=5,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    # Bounded twice: a chunk started ASR_MAX_ATTEMPTS times fails its job instead.
+    max_retries=3,
+)
+def transcribe_chunk(self: Any, chunk_id: str) -> None:
+    """Transcribe one chunk of a long job (asr.fanout). Idempotent: a chunk that
+    succeeded, or whose job is no longer running, is a no-op; the last chunk to
+    finish merges the job."""
+    fanout.chunk_process(
+        chunk_id=chunk_id,
+        task_id=self.request.id,
+        hostname=self.request.hostname or settings.WORKER_HOSTNAME,
+        engine=get_engine(),
+    )
+
+
 @shared_task(name="asr.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
     """Periodic (beat): re-send jobs whose broker message was lost."""
@@ -53,6 +79,7 @@ def reconcile() -> dict[str, int]:
     time.sleep(0.5)
     held |= broker_task_ids(["asr"])
     counts = services.transcription_reconcile(broker_task_ids=held)
+    counts.update(fanout.fanout_reconcile(broker_task_ids=held))
     if any(counts.values()):
         logger.warning("reconcile: %s", counts)
     return counts
@@ -80,5 +107,5 @@ def _preload_engine(**_: Any) -> None:
 @task_postrun.connect
 def _recycle_over_vram(sender: Any = None, **_: Any) -> None:
     # CUDA memory fragments over days; a process past its limit is replaced.
-    if getattr(sender, "name", "") == "asr.transcribe":
+    if getattr(sender, "name", "") in ("asr.transcribe", "asr.transcribe_chunk"):
         recycle_if_over_vram()

@@ -268,6 +268,22 @@ ASR_TIME_LIMIT_MAX = env.float(
 )
 ASR_TIME_LIMIT_GRACE = env.float("ASR_TIME_LIMIT_GRACE", default=30)
 
+# Long audio fanned out (asr.fanout): a job longer than ASR_FANOUT_SECONDS (0: never)
+# is cut at pauses (Silero VAD) into chunks of about ASR_FANOUT_CHUNK_SECONDS, never
+# more than ASR_FANOUT_MAX_CHUNK_SECONDS, that run as parallel tasks on every asr
+# worker and are merged in order. Each chunk gets the time limits of its own length.
+# README "How jobs run" (long audio).
+ASR_FANOUT_SECONDS = env.float("ASR_FANOUT_SECONDS", default=600)
+ASR_FANOUT_CHUNK_SECONDS = env.float("ASR_FANOUT_CHUNK_SECONDS", default=120)
+ASR_FANOUT_MAX_CHUNK_SECONDS = env.float("ASR_FANOUT_MAX_CHUNK_SECONDS", default=180)
+if not 0 < ASR_FANOUT_CHUNK_SECONDS <= ASR_FANOUT_MAX_CHUNK_SECONDS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "ASR_FANOUT_CHUNK_SECONDS must be above 0 and at most "
+        "ASR_FANOUT_MAX_CHUNK_SECONDS"
+    )
+
 # Celery -------------------------------------------------------------------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
 CELERY_BROKER_URL = REDIS_URL
@@ -281,6 +297,7 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "asr.transcribe": {"queue": "asr"},
+    "asr.transcribe_chunk": {"queue": "asr"},
     "bots.*": {"queue": "bots"},
 }
 # One message at a time per process: a long GPU job must not hold others hostage.

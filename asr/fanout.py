@@ -1,0 +1,624 @@
+"""Long audio fanned out: a job cut at pauses into chunks that run as parallel tasks.
+
+The job's own ``asr.transcribe`` message (the *leader*) claims and decodes the job as
+always. Audio longer than ASR_FANOUT_SECONDS then goes to
+:func:`transcription_fan_out` instead of the engine: it finds pauses with VAD
+(``asr.chunking``), keeps each chunk's audio under MEDIA_ROOT (every worker reads
+it there, as it reads the job's audio), creates the chunk rows in one transaction
+and sends one ``asr.transcribe_chunk`` message per chunk on commit. The job stays
+``running``; its leader message is done.
+
+Each chunk task claims its chunk with a conditional UPDATE (a chunk that succeeded is
+never computed again), transcribes it with the process's engine, and stores its
+segments with times in the whole file. Fan-in: under a row lock on the job, the
+chunk that finds every chunk done merges them and finishes the job through the
+same path as any success, so its event, realtime push and Telegram answer happen
+once. A permanent error in any chunk fails the job; the other chunks then find
+nothing to do. ``fanout_reconcile`` (beat) re-sends chunk messages the broker lost,
+fails a job whose running chunk is past its deadline, and merges a job whose chunks
+are all done should that ever be left undone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import IntegrityError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from asr import chunking
+from asr.audio import SAMPLE_RATE
+from asr.engines import EngineError
+from asr.engines import EngineTransientError
+from asr.engines import TranscriptionResult
+from asr.events import announce_progress
+from asr.events import next_event_seq
+from asr.events import transcription_event_record
+from asr.models import Transcription
+from asr.models import TranscriptionChunk
+from asr.models import TranscriptionEvent
+from asr.ops.logs import log_context
+from asr.services import _finish
+from asr.services import transcription_time_limits
+
+logger = logging.getLogger(__name__)
+
+Status = Transcription.Status
+ChunkStatus = TranscriptionChunk.Status
+Kind = TranscriptionEvent.Kind
+
+_PENDING = (ChunkStatus.QUEUED, ChunkStatus.RUNNING)
+
+
+class _NotOwned(Exception):
+    """The job moved on (another attempt, a cancel) while this leader split it."""
+
+
+def fan_out_wanted(*, duration: float) -> bool:
+    """Whether audio of ``duration`` seconds is cut into chunks (ASR_FANOUT_*)."""
+    threshold = settings.ASR_FANOUT_SECONDS
+    return threshold > 0 and duration > max(
+        threshold, settings.ASR_FANOUT_MAX_CHUNK_SECONDS
+    )
+
+
+def chunk_folder(transcription_id: Any) -> str:
+    """Storage name of the folder holding a job's chunk audio."""
+    return f"chunks/{transcription_id}"
+
+
+def chunk_audio_delete(*, transcription_id: Any) -> None:
+    """Remove a job's chunk audio (also files of a fan-out that never committed)."""
+    shutil.rmtree(
+        Path(default_storage.path(chunk_folder(transcription_id))), ignore_errors=True
+    )
+
+
+def _span(chunk: TranscriptionChunk) -> str:
+    def clock(seconds: float) -> str:
+        minutes, secs = divmod(int(seconds), 60)
+        return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+    return f"{clock(chunk.start)}-{clock(chunk.end)}"
+
+
+# The leader ---------------------------------------------------------------------------
+
+
+def transcription_fan_out(
+    *, transcription: Transcription, samples: np.ndarray, decode_seconds: float
+) -> bool:
+    """Cut a claimed, decoded job into chunks and send one task for each.
+
+    Called by the leader in place of the engine. The chunk audio is written first;
+    the rows, the job's progress fields and the messages (on commit) follow in one
+    transaction, so a leader that dies half-way leaves either nothing (its message
+    comes back and splits again) or a complete fan-out. Returns False when this
+    attempt no longer owns the job; it then keeps nothing.
+    """
+    job = transcription
+    started = time.monotonic()
+    spans = chunking.split_long_audio(
+        samples,
+        sample_rate=SAMPLE_RATE,
+        target_seconds=settings.ASR_FANOUT_CHUNK_SECONDS,
+        max_seconds=settings.ASR_FANOUT_MAX_CHUNK_SECONDS,
+    )
+    split_seconds = time.monotonic() - started
+    chunks = []
+    for index, (first, last) in enumerate(spans):
+        chunk_id = uuid.uuid4()
+        name = f"{chunk_folder(job.id)}/{chunk_id}.wav"
+        chunking.write_wav(Path(default_storage.path(name)), samples[first:last])
+        chunks.append(
+            TranscriptionChunk(
+                id=chunk_id,
+                transcription_id=job.id,
+                index=index,
+                start=first / SAMPLE_RATE,
+                end=last / SAMPLE_RATE,
+                audio=name,
+                task_id=str(uuid.uuid4()),
+            )
+        )
+    try:
+        with transaction.atomic():
+            owned = Transcription.objects.filter(
+                pk=job.pk, status=Status.RUNNING, attempts=job.attempts
+            ).update(
+                decode_seconds=round(decode_seconds, 4),
+                processed_seconds=0.0,
+                meta={
+                    "chunks": {"total": len(chunks), "done": 0},
+                    "split_seconds": round(split_seconds, 3),
+                },
+            )
+            if not owned:
+                raise _NotOwned
+            TranscriptionChunk.objects.bulk_create(chunks)
+            for chunk in chunks:
+                transaction.on_commit(partial(chunk_enqueue, chunk=chunk))
+    except (_NotOwned, IntegrityError):
+        # Another attempt owns the job, or (unique index) already split it.
+        for chunk in chunks:
+            default_storage.delete(chunk.audio)
+        logger.warning("job %s: fan-out dropped, another attempt owns the job", job.id)
+        return False
+    logger.info(
+        "job %s: fanned out into %d chunks (split in %.2f s, %.1f s of audio)",
+        job.id,
+        len(chunks),
+        split_seconds,
+        samples.shape[0] / SAMPLE_RATE,
+    )
+    return True
+
+
+def chunk_enqueue(*, chunk: TranscriptionChunk) -> None:
+    """Send a chunk's message; a broker outage leaves it to the reconciler."""
+    from asr.tasks import transcribe_chunk
+
+    soft, hard = transcription_time_limits(duration_hint=chunk.duration)
+    try:
+        transcribe_chunk.apply_async(
+            args=(str(chunk.id),),
+            task_id=chunk.task_id,
+            soft_time_limit=round(soft),
+            time_limit=round(hard),
+        )
+    except Exception:
+        logger.exception(
+            "job %s: chunk %d: enqueue failed, left for the reconciler",
+            chunk.transcription_id,
+            chunk.index,
+        )
+
+
+def transcription_fan_out_resume(*, transcription_id: str) -> bool:
+    """For the leader's message: True if the job was fanned out already.
+
+    Such a job is never claimed or split again. A leader message comes back after a
+    fan-out only when its worker died before acknowledging it, perhaps before it had
+    sent every chunk message: those the broker does not hold are sent now.
+    """
+    if not TranscriptionChunk.objects.filter(
+        transcription_id=transcription_id
+    ).exists():
+        return False
+    if Transcription.objects.filter(
+        pk=transcription_id, status=Status.RUNNING
+    ).exists():
+        held = held_task_ids()
+        resent = _resend_lost_chunks(
+            transcription_id=transcription_id,
+            held=held,
+            cutoff=timezone.now(),
+            reason="leader redelivered",
+        )
+        logger.warning(
+            "job %s: leader message redelivered after the fan-out; %d chunk "
+            "message(s) re-sent",
+            transcription_id,
+            len(resent),
+        )
+    else:
+        logger.info("job %s: fanned out and finished; nothing to do", transcription_id)
+    return True
+
+
+def held_task_ids() -> set[str]:
+    """Task ids the broker holds for the asr queue (waiting or unacknowledged)."""
+    from asr.broker import broker_task_ids
+
+    # Two reads a moment apart: a message in flight between the queue and the
+    # unacked set is in neither for an instant, and must not look lost.
+    held = broker_task_ids(["asr"])
+    time.sleep(0.5)
+    return held | broker_task_ids(["asr"])
+
+
+def _resend_lost_chunks(
+    *, transcription_id: Any, held: set[str], cutoff: Any, reason: str
+) -> list[int]:
+    # Read after the broker: a chunk done meanwhile shows as done here (its row is
+    # written before its message is acknowledged), so it is not sent again.
+    lost = [
+        chunk
+        for chunk in TranscriptionChunk.objects.filter(
+            transcription_id=transcription_id, status__in=_PENDING
+        ).order_by("index")
+        if chunk.task_id not in held
+        # A message may still be on its way: sent on commit, or just claimed.
+        and (chunk.started_at or chunk.created_at) <= cutoff
+    ]
+    if lost:
+        transcription_event_record(
+            transcription_id=transcription_id,
+            kind=Kind.REQUEUED,
+            data={"reason": reason, "chunks": [chunk.index for chunk in lost]},
+        )
+        for chunk in lost:
+            chunk_enqueue(chunk=chunk)
+    return [chunk.index for chunk in lost]
+
+
+# The chunks ---------------------------------------------------------------------------
+
+
+def chunk_process(*, chunk_id: str, task_id: str, hostname: str, engine: Any) -> None:
+    """Worker side of one chunk: claim, read its audio, transcribe, store, fan in.
+
+    Permanent problems fail the whole job at once. ``EngineTransientError``
+    propagates so that the task retries, until the chunk's attempts are spent.
+    """
+    job_id = (
+        TranscriptionChunk.objects.filter(pk=chunk_id)
+        .values_list("transcription_id", flat=True)
+        .first()
+    )
+    if job_id is None:
+        logger.info("chunk %s: gone (its job was deleted or retried)", chunk_id)
+        return
+    with log_context(job_id=job_id):
+        chunk = chunk_claim(chunk_id=chunk_id, hostname=hostname)
+        if chunk is None:
+            return
+        logger.info(
+            "job %s: chunk %d (%s) claimed by %s (attempt %d, task %s)",
+            job_id,
+            chunk.index,
+            _span(chunk),
+            hostname,
+            chunk.attempts,
+            task_id,
+        )
+        _chunk_run(chunk, engine)
+
+
+def chunk_claim(*, chunk_id: str, hostname: str) -> TranscriptionChunk | None:
+    """Take the chunk for this process, or ``None`` if there is nothing to do.
+
+    Like the job's claim: a chunk that succeeded, or whose job is no longer running
+    (failed by another chunk, finished), is not run; one still marked running may
+    be, since its message only comes back once the process that held it is gone.
+    """
+    now = timezone.now()
+    claimable = TranscriptionChunk.objects.filter(
+        pk=chunk_id, status__in=_PENDING, transcription__status=Status.RUNNING
+    )
+    chunk = claimable.first()
+    if chunk is None:
+        logger.info("chunk %s: nothing to do (done, or its job finished)", chunk_id)
+        return None
+    _, hard = transcription_time_limits(duration_hint=chunk.duration)
+    updated = claimable.filter(attempts__lt=settings.ASR_MAX_ATTEMPTS).update(
+        status=ChunkStatus.RUNNING,
+        attempts=F("attempts") + 1,
+        started_at=now,
+        deadline_at=now + timedelta(seconds=hard),
+        worker_hostname=hostname[:255],
+        worker_pid=os.getpid(),
+    )
+    if not updated:
+        _fail_job(
+            chunk=chunk,
+            code="worker_lost",
+            message=(
+                f"The worker stopped while transcribing part of this audio "
+                f"({_span(chunk)}) {settings.ASR_MAX_ATTEMPTS} times, so it was not "
+                "tried again. The file may crash the model; try converting it to WAV "
+                "or FLAC."
+            ),
+        )
+        return None
+    return TranscriptionChunk.objects.select_related("transcription").get(pk=chunk_id)
+
+
+def _chunk_run(chunk: TranscriptionChunk, engine: Any) -> None:
+    try:
+        samples, rate = chunking.read_wav(Path(default_storage.path(chunk.audio)))
+    except FileNotFoundError:
+        _fail_job(
+            chunk=chunk,
+            code="audio_missing",
+            message="Part of this job's audio is no longer stored; retry the job.",
+        )
+        return
+    started = time.monotonic()
+    try:
+        result: TranscriptionResult = engine.transcribe(
+            samples, rate, chunk.transcription.language or None
+        )
+    except EngineError as exc:
+        _fail_job(chunk=chunk, code=exc.code, message=exc.message)
+        return
+    except SoftTimeLimitExceeded:
+        _fail_job(
+            chunk=chunk,
+            code="timeout",
+            message=f"Transcribing part of this audio ({_span(chunk)}) took longer "
+            "than its time limit.",
+        )
+        return
+    except EngineTransientError as exc:
+        if chunk.attempts < settings.ASR_MAX_ATTEMPTS:
+            raise
+        _fail_job(
+            chunk=chunk,
+            code="engine_unavailable",
+            message=f"The recognition engine failed {chunk.attempts} times on part "
+            f"of this audio ({_span(chunk)}): {exc}. Try again later.",
+        )
+        return
+    chunk_complete(
+        chunk=chunk,
+        result=result,
+        engine=engine,
+        engine_seconds=time.monotonic() - started,
+    )
+
+
+def chunk_complete(
+    *,
+    chunk: TranscriptionChunk,
+    result: TranscriptionResult,
+    engine: Any,
+    engine_seconds: float,
+) -> None:
+    """Store a chunk's result, announce progress, and merge if it was the last.
+
+    All under a row lock on the job: of two chunks finishing at once, the second
+    waits for the first to commit and then sees it done, so exactly one of them
+    finds every chunk done (PostgreSQL, READ COMMITTED; SQLite's IMMEDIATE
+    transactions serialize writers anyway).
+    """
+    segments = chunking.absolute_segments(
+        result.segments_as_dicts(), offset=chunk.start, duration=chunk.duration
+    )
+    with transaction.atomic():
+        job = (
+            Transcription.objects.select_for_update()
+            .filter(pk=chunk.transcription_id, status=Status.RUNNING)
+            .first()
+        )
+        stored = job is not None and bool(
+            TranscriptionChunk.objects.filter(
+                pk=chunk.pk, status=ChunkStatus.RUNNING, attempts=chunk.attempts
+            ).update(
+                status=ChunkStatus.SUCCEEDED,
+                text=result.text,
+                segments=segments,
+                language=result.language or "",
+                engine=engine.name,
+                model=engine.model_name,
+                device=engine.device,
+                engine_seconds=round(engine_seconds, 4),
+                finished_at=timezone.now(),
+            )
+        )
+        if job is None or not stored:
+            logger.warning(
+                "job %s: chunk %d result dropped (job finished or a newer attempt)",
+                chunk.transcription_id,
+                chunk.index,
+            )
+            return
+        rows = list(
+            TranscriptionChunk.objects.filter(transcription_id=job.pk).values_list(
+                "status", "start", "end"
+            )
+        )
+        total = len(rows)
+        done = sum(status == ChunkStatus.SUCCEEDED for status, _, _ in rows)
+        processed = sum(
+            end - start
+            for status, start, end in rows
+            if status == ChunkStatus.SUCCEEDED
+        )
+        job.meta = {**job.meta, "chunks": {"total": total, "done": done}}
+        job.processed_seconds = round(processed, 3)
+        Transcription.objects.filter(pk=job.pk).update(
+            meta=job.meta, processed_seconds=job.processed_seconds
+        )
+        seq = next_event_seq(job.pk)
+        extra = {"chunk": chunk.index, "chunks_done": done, "chunks_total": total}
+        transaction.on_commit(
+            lambda: announce_progress(
+                transcription_id=job.pk,
+                seq=seq,
+                processed_seconds=processed,
+                extra=extra,
+            )
+        )
+        logger.info(
+            "job %s: chunk %d done in %.2f s (%d of %d)",
+            job.pk,
+            chunk.index,
+            engine_seconds,
+            done,
+            total,
+        )
+        if done == total:
+            _merge(job)
+
+
+def _merge(job: Transcription) -> bool:
+    """Finish a job whose chunks all succeeded (caller holds the job's row lock)."""
+    chunks = list(
+        TranscriptionChunk.objects.filter(transcription=job).order_by("index")
+    )
+    duration = job.duration or chunks[-1].end
+    engine_seconds = sum(chunk.engine_seconds or 0.0 for chunk in chunks)
+    spoken: dict[str, float] = {}
+    for chunk in chunks:
+        if chunk.language:
+            spoken[chunk.language] = spoken.get(chunk.language, 0.0) + chunk.duration
+
+    def most_common(field: str) -> str:
+        return Counter(getattr(chunk, field) for chunk in chunks).most_common(1)[0][0]
+
+    devices = ",".join(sorted({chunk.device for chunk in chunks if chunk.device}))
+    done = _finish(
+        job,
+        {
+            "duration": round(duration, 3),
+            "engine_seconds": round(engine_seconds, 4),
+            "chunks": len(chunks),
+        },
+        status=Status.SUCCEEDED,
+        text=" ".join(chunk.text for chunk in chunks if chunk.text).strip(),
+        segments=[segment for chunk in chunks for segment in chunk.segments],
+        meta={
+            **job.meta,
+            "chunks": {"total": len(chunks), "done": len(chunks)},
+            # Which worker processes (and model loads) ran it.
+            "worker_pids": sorted({c.worker_pid for c in chunks if c.worker_pid}),
+        },
+        detected_language=max(spoken, key=spoken.__getitem__) if spoken else "",
+        duration=round(duration, 3),
+        engine=most_common("engine"),
+        model=most_common("model"),
+        device=devices if len(devices) <= 32 else "mixed",
+        # The compute the audio cost, all chunks together (the RTF of one job run
+        # whole would be the same); processing_seconds is the wall time.
+        engine_seconds=round(engine_seconds, 4),
+        real_time_factor=round(engine_seconds / duration, 4) if duration else None,
+        processed_seconds=round(duration, 3),
+        error_code="",
+        error_message="",
+    )
+    if done:
+        transaction.on_commit(partial(chunk_audio_delete, transcription_id=job.pk))
+        logger.info(
+            "job %s succeeded: %.1f s of audio in %d chunks (engine %.2f s)",
+            job.pk,
+            duration,
+            len(chunks),
+            engine_seconds,
+        )
+    return done
+
+
+def transcription_merge_if_done(*, transcription_id: Any) -> bool:
+    """Merge a running job whose chunks have all succeeded (the reconciler's backstop)."""
+    with transaction.atomic():
+        job = (
+            Transcription.objects.select_for_update()
+            .filter(pk=transcription_id, status=Status.RUNNING)
+            .first()
+        )
+        if job is None:
+            return False
+        chunks = TranscriptionChunk.objects.filter(transcription=job)
+        if not chunks.exists() or chunks.exclude(status=ChunkStatus.SUCCEEDED).exists():
+            return False
+        return _merge(job)
+
+
+def _fail_job(*, chunk: TranscriptionChunk, code: str, message: str) -> bool:
+    """Fail a fanned-out job because of one chunk; its other chunks become no-ops."""
+    with transaction.atomic():
+        job = (
+            Transcription.objects.select_for_update()
+            .filter(pk=chunk.transcription_id, status=Status.RUNNING)
+            .first()
+        )
+        # The chunk's own record, even when another chunk failed the job first.
+        TranscriptionChunk.objects.filter(pk=chunk.pk, status__in=_PENDING).update(
+            status=ChunkStatus.FAILED,
+            error_code=code,
+            error_message=message,
+            finished_at=timezone.now(),
+        )
+        if job is None:
+            return False
+        done = _finish(
+            job,
+            {"code": code, "chunk": chunk.index},
+            status=Status.FAILED,
+            error_code=code,
+            error_message=message,
+        )
+        if done:
+            transaction.on_commit(partial(chunk_audio_delete, transcription_id=job.pk))
+    if done:
+        logger.info(
+            "job %s failed in chunk %d: %s: %s", job.pk, chunk.index, code, message
+        )
+    return done
+
+
+def transcription_chunks_discard(*, transcription_id: Any) -> None:
+    """Forget a finished job's chunks, so that a retry runs (and splits) it afresh."""
+    if TranscriptionChunk.objects.filter(transcription_id=transcription_id).delete()[0]:
+        transaction.on_commit(
+            partial(chunk_audio_delete, transcription_id=transcription_id)
+        )
+
+
+# The reconciler -----------------------------------------------------------------------
+
+
+def fanout_reconcile(
+    *, broker_task_ids: set[str], min_age: float = 30.0
+) -> dict[str, int]:
+    """Fanned-out jobs, for the periodic reconciler (the job's own path skips them).
+
+    A pending chunk whose task id the broker does not hold has no message that would
+    run it (Redis lost its data, an enqueue failed): its message is sent again. A
+    running one past its deadline timed out: the job fails ``timeout``. A job whose
+    chunks all succeeded is merged.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=min_age)
+    counts = {"chunks_requeued": 0, "chunks_timed_out": 0, "merged": 0}
+    jobs = (
+        Transcription.objects.filter(status=Status.RUNNING, chunks__isnull=False)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    for job_id in list(jobs):
+        chunks = list(TranscriptionChunk.objects.filter(transcription_id=job_id))
+        if all(chunk.status == ChunkStatus.SUCCEEDED for chunk in chunks):
+            counts["merged"] += transcription_merge_if_done(transcription_id=job_id)
+            continue
+        overdue = [
+            chunk
+            for chunk in chunks
+            if chunk.status == ChunkStatus.RUNNING
+            and chunk.task_id not in broker_task_ids
+            and chunk.deadline_at is not None
+            and chunk.deadline_at < now
+        ]
+        if overdue:
+            counts["chunks_timed_out"] += _fail_job(
+                chunk=overdue[0],
+                code="timeout",
+                message=f"Transcribing part of this audio ({_span(overdue[0])}) took "
+                "longer than its time limit and was stopped.",
+            )
+            continue
+        counts["chunks_requeued"] += len(
+            _resend_lost_chunks(
+                transcription_id=job_id,
+                held=broker_task_ids,
+                cutoff=cutoff,
+                reason="message lost",
+            )
+        )
+    return counts
