@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from asr import audio as audio_lib
 from asr.engines import EngineError
+from asr.engines import EngineTransientError
 from asr.engines import TranscriptionResult
 from asr.events import transcription_event_record
 from asr.events import transcription_events_record_bulk
@@ -590,10 +591,24 @@ def transcription_process(
             if getattr(engine, "batches_natively", False)
             else 0.0,
         )
-    if members:
-        _process_batch([job, *members], engine)
-    else:
-        _process_one(job, engine)
+    try:
+        if members:
+            _process_batch([job, *members], engine)
+        else:
+            _process_one(job, engine)
+    except EngineTransientError as exc:
+        # The task retries (a new attempt, counted like a worker's death) until the
+        # attempt cap; then the job fails with a code, rather than running into the
+        # cap's worker_lost or staying "running" until the reconciler times it out.
+        if job.attempts < settings.ASR_MAX_ATTEMPTS:
+            raise
+        for stuck in [job, *members]:
+            transcription_fail(
+                transcription=stuck,
+                code="engine_unavailable",
+                message=f"The recognition engine failed {job.attempts} times on "
+                f"this audio ({exc}). Try again later.",
+            )
 
 
 def _decode(job: Transcription) -> tuple[np.ndarray, float]:

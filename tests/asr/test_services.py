@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from asr import services
 from asr.engines import EngineError
+from asr.engines import EngineTransientError
 from asr.engines import Segment
 from asr.engines import TranscriptionResult
 from asr.models import Transcription
@@ -196,3 +197,23 @@ def test_reconcile_resends_lost_messages_and_times_out_dead_jobs(
     assert (overdue.status, overdue.error_code) == (Status.FAILED, "timeout")
     fresh.refresh_from_db()
     assert fresh.status == Status.QUEUED
+
+
+def test_a_transient_engine_error_retries_until_the_attempt_cap_then_fails(
+    settings: Any,
+) -> None:
+    settings.ASR_MAX_ATTEMPTS = 2
+    job = queued_job()
+    engine = FakeEngine(EngineTransientError("CUDA out of memory"))
+    # the first attempt raises, so that the task retries
+    with pytest.raises(EngineTransientError):
+        process(job, engine)
+    assert Transcription.objects.get(pk=job.pk).status == Status.RUNNING
+    # the last one fails the job with a code instead
+    job = process(job, engine)
+    assert (job.status, job.error_code, job.attempts) == (
+        Status.FAILED,
+        "engine_unavailable",
+        2,
+    )
+    assert "CUDA out of memory" in job.error_message
