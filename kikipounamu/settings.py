@@ -505,7 +505,7 @@ MIDDLEWARE.append("asr.ops.logs.LogContextMiddleware")
 # uvicorn's own lines go through the same handler, so the web's output is all JSON.
 LOGGING["loggers"]["uvicorn"] = {"handlers": ["console"], "propagate": False}  # type: ignore[index]
 
-# The shared cache: DRF's throttle counters must be the same for every web process.
+# The shared cache (and, under its key prefix, the rate-limit counters).
 # https://docs.djangoproject.com/en/5.2/topics/cache/#redis
 CACHES = {
     "default": {
@@ -516,8 +516,9 @@ CACHES = {
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="kiki-cache"),
     }
 }
-# Per-user rate limits (429 + Retry-After). Submissions (POST: upload, retry) have
-# their own, tighter limit. https://www.django-rest-framework.org/api-guide/throttling/
+# Per-user rate limits (429 + Retry-After), counted in Redis by the `limits` library
+# (asr/ops/throttling.py). Submissions (POST: upload, retry) have their own, tighter
+# limit. https://www.django-rest-framework.org/api-guide/throttling/
 API_THROTTLE_USER = env.str("API_THROTTLE_USER", default="1200/min")
 API_THROTTLE_SUBMIT = env.str("API_THROTTLE_SUBMIT", default="60/min")
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [

@@ -41,7 +41,7 @@ def _fresh_throttle_counters() -> None:
     # rate-limit counters in the shared Redis cache would outlive their users.
     client = redis.Redis.from_url(settings.REDIS_URL)
     prefix = settings.CACHES["default"]["KEY_PREFIX"]
-    for key in client.scan_iter(match=f"{prefix}:*throttle_*", count=1000):
+    for key in client.scan_iter(match=f"{prefix}:throttle*", count=1000):
         client.delete(key)
 
 
