@@ -2,9 +2,12 @@
 
 The path of one voice message, and where each step's state lives:
 
-1. ``telegram_update_receive`` (webhook request): store the update under its unique
-   ``update_id``; after commit its id goes to ``bots.process_updates`` (batched by
-   ``bots.publisher``). A repeated delivery hits the unique constraint: a no-op.
+1. ``telegram_update_read`` (webhook request, ``bots.webhook``) says whether to store
+   the update; ``telegram_updates_store`` (the process's writer thread,
+   ``bots.writer``) stores it with the others that arrived meanwhile, in one
+   transaction, under its unique ``update_id``, and the request is answered once that
+   commits. After commit its id goes to ``bots.process_updates`` (batched by
+   ``bots.publisher``). A repeated delivery is a no-op.
 2. ``telegram_update_process``: write the chat's replies as rows (the "Recognizing…"
    acknowledgement, or a polite refusal) and a ``TelegramJob``, in one transaction,
    then enqueue delivery and the download.
@@ -24,11 +27,14 @@ that only one attempt can win.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import random
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +126,7 @@ def enqueue_answer(transcription_id: str) -> None:
 
 
 # Webhook ------------------------------------------------------------------------------
+# bots.webhook serves the path and bots.writer commits the rows; the rules are here.
 
 
 def webhook_secret_valid(*, token: str | None) -> bool:
@@ -130,12 +137,22 @@ def webhook_secret_valid(*, token: str | None) -> bool:
     return hmac.compare_digest((token or "").encode(), expected.encode())
 
 
-def telegram_update_receive(*, payload: Any) -> TelegramUpdate | None:
-    """Store an update for the ``bots`` queue, once.
+def telegram_update_read(*, body: bytes) -> TelegramUpdate | None:
+    """The webhook's body as a row to store (unsaved), or ``None`` for an update the
+    bot does not act on. Raises ``ApplicationError`` (400) for a body that is not
+    JSON, or not an update: see ``telegram_update_accept``."""
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        raise ApplicationError("The body is not JSON.", code="invalid_json") from exc
+    return telegram_update_accept(payload=payload)
 
-    Returns the stored row, or ``None`` for an update the bot does not act on (a
-    kind it does not handle, a chat not allowed, chatter in a group) or has already
-    stored. Raises ``ApplicationError`` (400) for something that is not an update.
+
+def telegram_update_accept(*, payload: Any) -> TelegramUpdate | None:
+    """Whether to store an update: the row to store (unsaved), or ``None`` for an
+    update the bot does not act on (a kind it does not handle, a chat not allowed,
+    chatter in a group). Raises ``ApplicationError`` (400) for something that is
+    not an update. Nothing is written here: see ``telegram_updates_store``.
     """
     update_id = payload.get("update_id") if isinstance(payload, dict) else None
     if not isinstance(update_id, int) or isinstance(update_id, bool):
@@ -156,21 +173,71 @@ def telegram_update_receive(*, payload: Any) -> TelegramUpdate | None:
         update, allowed_chat_ids=settings.TELEGRAM_ALLOWED_CHAT_IDS
     ):
         return None
-    try:
-        with transaction.atomic():
-            stored = TelegramUpdate.objects.create(
-                update_id=update_id, chat_id=message.chat.id, payload=payload
-            )
-            # Off the request's path: see bots.publisher.
-            transaction.on_commit(lambda: publisher.submit(stored.pk))
-    except IntegrityError:
-        # Telegram delivers again when our 200 did not reach it in time.
-        with log_context(telegram_update_id=update_id):
-            logger.info(
-                "update %s: already stored, repeated delivery ignored", update_id
-            )
-        return None
+    return TelegramUpdate(update_id=update_id, chat_id=message.chat.id, payload=payload)
+
+
+def telegram_updates_store(*, updates: Sequence[TelegramUpdate]) -> list[bool]:
+    """Store updates for the ``bots`` queue, each once, in one transaction (the
+    webhook's group commit, see ``bots.writer``); for each, whether it is new.
+
+    An ``update_id`` stored before, or twice in ``updates``, is a no-op: Telegram
+    delivers an update again when our 200 did not reach it in time. The new rows'
+    ids go to ``bots.process_updates`` after the commit (see ``bots.publisher``).
+    """
+    first: dict[int, TelegramUpdate] = {}
+    for row in updates:
+        first.setdefault(row.update_id, row)
+    for attempt in range(1, 4):
+        try:
+            with transaction.atomic():
+                seen = set(
+                    TelegramUpdate.objects.filter(update_id__in=first).values_list(
+                        "update_id", flat=True
+                    )
+                )
+                new = [row for key, row in first.items() if key not in seen]
+                # One INSERT; the ids come back with it (RETURNING).
+                TelegramUpdate.objects.bulk_create(new)
+                # Robust: a publishing failure must not turn a commit into a 5xx.
+                transaction.on_commit(
+                    partial(_submit, [row.pk for row in new]), robust=True
+                )
+            break
+        except IntegrityError:
+            # Another process inserted one of them since our SELECT (PostgreSQL;
+            # SQLite's IMMEDIATE transactions queue writers up front): again, and
+            # the SELECT now sees it.
+            if attempt == 3:
+                raise
+    stored = []
+    for row in updates:
+        is_new = first[row.update_id] is row and row.update_id not in seen
+        if not is_new:
+            with log_context(telegram_update_id=row.update_id):
+                logger.info(
+                    "update %s: already stored, repeated delivery ignored",
+                    row.update_id,
+                )
+        stored.append(is_new)
     return stored
+
+
+def _submit(update_pks: list[int]) -> None:
+    # Off the request's path: see bots.publisher.
+    for pk in update_pks:
+        publisher.submit(pk)
+
+
+def telegram_update_receive(*, payload: Any) -> TelegramUpdate | None:
+    """``telegram_update_accept`` then ``telegram_updates_store`` for one update,
+    in this thread: what the webhook does, for the shell and the tests.
+
+    Returns the stored row, or ``None`` for an update ignored or stored before.
+    """
+    row = telegram_update_accept(payload=payload)
+    if row is None or not telegram_updates_store(updates=[row])[0]:
+        return None
+    return row
 
 
 # Processing an update -------------------------------------------------------------------
