@@ -23,8 +23,11 @@ from django.db import DataError
 from django.db import OperationalError
 
 from bots import publisher
+from bots import services
 from bots import tasks
 from bots import writer
+from bots.models import TelegramChat
+from bots.models import TelegramReply
 from bots.models import TelegramUpdate
 from kikipounamu.asgi import application
 from tests.bots import updates as u
@@ -144,19 +147,60 @@ def test_without_a_configured_secret_every_call_is_refused(settings: Any) -> Non
     "body",
     [
         u.update(edited_message=u.message(u.private_chat(), text="edited")),
-        # chatter in a group: only commands are for the bot
-        u.update(u.message(u.group_chat(), text="hello all")),
-        u.update(u.message(u.group_chat(), voice=u.voice("f2"))),
         {"update_id": 5, "some_future_kind": {"x": 1}},
     ],
-    ids=["edited", "group-text", "group-voice", "unknown-kind"],
+    ids=["edited", "unknown-kind"],
 )
-def test_updates_the_bot_does_not_handle_are_answered_200_and_forgotten(
+def test_update_kinds_the_bot_does_not_handle_are_answered_200_and_forgotten(
     enqueued: list, body: dict
 ) -> None:
     assert post(body).status_code == 200
     assert not TelegramUpdate.objects.exists()
     assert enqueued == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        u.update(u.message(u.group_chat(), text="hello all")),
+        u.update(u.message(u.group_chat(), voice=u.voice("f2"))),
+        u.update(u.message(u.group_chat(), text="/help@another_bot")),
+    ],
+    ids=["group-text", "group-voice", "another-bots-command"],
+)
+def test_chatter_in_a_group_is_stored_and_ignored_by_the_task(
+    bot_api: Any, enqueued: list, body: dict
+) -> None:
+    # Telling it apart takes python-telegram-bot's types, which the task reads.
+    assert post(body).status_code == 200
+    stored = TelegramUpdate.objects.get()
+    assert enqueued == [("process_update", (stored.pk,))]
+
+    services.telegram_update_process(update_pk=stored.pk)
+
+    stored.refresh_from_db()
+    assert stored.status == "processed"
+    assert not TelegramReply.objects.exists()
+    assert not TelegramChat.objects.exists()
+    assert enqueued == [("process_update", (stored.pk,))]
+
+
+def test_an_update_the_library_cannot_read_is_stored_then_failed_not_retried(
+    enqueued: list,
+) -> None:
+    # given an update with a chat but not a message as Telegram sends it
+    body = {"update_id": u.new_id(), "message": {"chat": {"id": 5, "type": "private"}}}
+    assert post(body).status_code == 200
+    stored = TelegramUpdate.objects.get()
+
+    # when the task reads it
+    services.telegram_update_process(update_pk=stored.pk)
+
+    # then it is failed at once with the reason, and nothing is answered
+    stored.refresh_from_db()
+    assert stored.status == "failed"
+    assert "python-telegram-bot" in stored.error and "date" in stored.error
+    assert not TelegramReply.objects.exists()
 
 
 def test_chats_outside_the_allowlist_are_ignored(enqueued: list, settings: Any) -> None:
