@@ -332,6 +332,36 @@ def test_an_update_the_database_refuses_fails_alone_not_its_whole_batch(
     assert len(enqueued) == 2
 
 
+def test_an_insert_that_lost_a_race_with_another_process_is_tried_again(
+    enqueued: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given another web process that stores one of the batch's updates after this
+    # one's SELECT and before its INSERT (PostgreSQL; SQLite queues writers up
+    # front): the INSERT meets the unique constraint
+    theirs = TelegramUpdate.objects.create(update_id=u.new_id(), chat_id=1, payload={})
+    filter_ = TelegramUpdate.objects.filter
+    selects: list[bool] = []
+
+    def select_before_their_commit(*args: Any, **kwargs: Any) -> Any:
+        selects.append(True)
+        if len(selects) == 1:
+            return TelegramUpdate.objects.none()
+        return filter_(*args, **kwargs)
+
+    monkeypatch.setattr(TelegramUpdate.objects, "filter", select_before_their_commit)
+    ours = TelegramUpdate(update_id=u.new_id(), chat_id=1, payload={})
+    again = TelegramUpdate(update_id=theirs.update_id, chat_id=1, payload={})
+
+    # when the batch is stored
+    stored = services.telegram_updates_store(updates=[again, ours])
+
+    # then it was tried again: theirs is a repeat, ours is stored and enqueued
+    assert stored == [False, True]
+    assert len(selects) == 2
+    assert TelegramUpdate.objects.count() == 2
+    assert enqueued == [("process_update", (ours.pk,))]
+
+
 # A burst, against a live web process ------------------------------------------------
 
 
