@@ -161,15 +161,12 @@ def is_group(message: Message) -> bool:
     return message.chat.type in GROUP_TYPES
 
 
-def worth_storing(update: Update, *, allowed_chat_ids: list[int]) -> bool:
-    """Whether an update is one the bot acts on; the others are answered 200 and
-    forgotten. Cheap: it runs in the webhook request."""
-    message = update.message
-    if message is None:
-        return False  # edits, channel posts, callbacks, member updates...
-    if allowed_chat_ids and message.chat.id not in allowed_chat_ids:
-        return False
+def for_the_bot(message: Message) -> bool:
+    """Whether the bot acts on a message: in private chats all of them, in groups
+    commands only (/transcribe as a reply to a voice message). The others are
+    stored by the webhook and ignored by the task: telling them apart takes
+    python-telegram-bot's types, which cost more than the rest of the webhook's
+    request (see ``services.telegram_update_accept``)."""
     if is_group(message):
-        # In groups: commands only (/transcribe as a reply to a voice message).
         return command_of(message) is not None
     return message.chat.type == Chat.PRIVATE

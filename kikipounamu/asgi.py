@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP (Django, with an upload size limit) and WebSocket (Channels)."""
+"""ASGI entry point: HTTP (Django, with an upload size limit; Telegram's webhook ahead
+of it) and WebSocket (Channels)."""
 
 import os
 
@@ -13,8 +14,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.urls import path  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
 from asr.routing import websocket_urlpatterns  # noqa: E402
+from bots.webhook import telegram_webhook  # noqa: E402
 from kikipounamu.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
 from kikipounamu.asgi_limits import ConcurrencyLimitMiddleware  # noqa: E402
 from kikipounamu.ws_origin import BrowserOriginValidator  # noqa: E402
@@ -22,14 +26,24 @@ from kikipounamu.ws_origin import BrowserOriginValidator  # noqa: E402
 # Room for the multipart envelope and the other form fields around the file.
 _MULTIPART_OVERHEAD = 64 * 1024
 
+django_http = BodySizeLimitMiddleware(
+    ConcurrencyLimitMiddleware(
+        django_application, settings.WEB_MAX_CONCURRENT_REQUESTS
+    ),
+    max_body_bytes=settings.ASR_MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
+    describe_limit=f"{settings.ASR_MAX_UPLOAD_BYTES / 1e6:.0f} MB",
+)
+
 application = ProtocolTypeRouter(
     {
-        "http": BodySizeLimitMiddleware(
-            ConcurrencyLimitMiddleware(
-                django_application, settings.WEB_MAX_CONCURRENT_REQUESTS
-            ),
-            max_body_bytes=settings.ASR_MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
-            describe_limit=f"{settings.ASR_MAX_UPLOAD_BYTES / 1e6:.0f} MB",
+        "http": URLRouter(
+            [
+                # Served on the event loop, not by Django's HTTP handler: bursts of
+                # updates need a fraction of its cost (see bots/webhook.py). The
+                # stubs know Django views only; URLRouter takes ASGI applications.
+                path("bots/telegram/webhook/", telegram_webhook),  # type: ignore[arg-type]
+                re_path(r"", django_http),  # type: ignore[arg-type]
+            ]
         ),
         "websocket": BrowserOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))

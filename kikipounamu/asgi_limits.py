@@ -34,6 +34,11 @@ class BodySizeLimitMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.describe_limit = describe_limit
+        # Made once: this runs ahead of every request.
+        self.too_large = _error(
+            "too_large",
+            f"The request is larger than the upload limit of {describe_limit}.",
+        )
 
     async def _respond(self, send: Send, status: int, body: bytes) -> None:
         await send(
@@ -53,10 +58,7 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = _error(
-            "too_large",
-            f"The request is larger than the upload limit of {self.describe_limit}.",
-        )
+        too_large = self.too_large
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

@@ -8,6 +8,7 @@ in .env.example.
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 
@@ -503,7 +504,14 @@ LOGGING["handlers"]["console"]["filters"] = ["context"]  # type: ignore[index]
 # Lines logged while serving /api/v1/transcriptions/<id>/... carry that job id.
 MIDDLEWARE.append("asr.ops.logs.LogContextMiddleware")
 # uvicorn's own lines go through the same handler, so the web's output is all JSON.
-LOGGING["loggers"]["uvicorn"] = {"handlers": ["console"], "propagate": False}  # type: ignore[index]
+# Not through its parent "uvicorn" logger: dictConfig resets a configured logger's
+# children, which turned the access log back on under --no-access-log (a JSON line
+# per request, a good part of the webhook's CPU). uvicorn configures its logging
+# before it imports the app, so its access logger has a handler here only when the
+# access log is on.
+LOGGING["loggers"]["uvicorn.error"] = {"handlers": ["console"], "propagate": False}  # type: ignore[index]
+if logging.getLogger("uvicorn.access").handlers:
+    LOGGING["loggers"]["uvicorn.access"] = {"handlers": ["console"], "propagate": False}  # type: ignore[index]
 
 # The shared cache (and, under its key prefix, the rate-limit counters).
 # https://docs.djangoproject.com/en/5.2/topics/cache/#redis
