@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any
 from uuid import UUID
 
@@ -123,13 +124,18 @@ def publish_event(event: TranscriptionEvent, job: Transcription | None = None) -
     _send_from_sync(layer, groups, message)
 
 
-# How long a sync caller (a worker finishing a job) waits for the channel layer.
+# A sync caller (a worker finishing jobs, a request) hands its pushes to this process's
+# sender loop and goes on: a batch's results go out while the next job runs. At most
+# this many may be on their way at once; past that, a caller waits (Redis is slow or
+# gone) up to _SEND_TIMEOUT, then the push is dropped, as an at-most-once channel
+# layer may drop it anyway: watchers resync from a snapshot when they reconnect.
+_MAX_IN_FLIGHT = 512
 _SEND_TIMEOUT = 10.0
-_sender: tuple[int, asyncio.AbstractEventLoop] | None = None
+_sender: tuple[int, asyncio.AbstractEventLoop, threading.BoundedSemaphore] | None = None
 _sender_lock = threading.Lock()
 
 
-def _sender_loop() -> asyncio.AbstractEventLoop:
+def _sender_loop() -> tuple[asyncio.AbstractEventLoop, threading.BoundedSemaphore]:
     """This process's event loop for sending from sync code, in a daemon thread.
 
     async_to_sync would start a new thread and a new event loop for every event, and
@@ -146,19 +152,46 @@ def _sender_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(
                 target=loop.run_forever, name="realtime-sender", daemon=True
             ).start()
-            _sender = (os.getpid(), loop)
-        return _sender[1]
+            _sender = (os.getpid(), loop, threading.BoundedSemaphore(_MAX_IN_FLIGHT))
+        return _sender[1], _sender[2]
 
 
 def _send_from_sync(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
-    future = asyncio.run_coroutine_threadsafe(
-        _send_all(layer, groups, message), _sender_loop()
-    )
+    loop, slots = _sender_loop()
+    if not slots.acquire(timeout=_SEND_TIMEOUT):
+        logger.warning(
+            "realtime push dropped: %d sends still on their way", _MAX_IN_FLIGHT
+        )
+        return
+    # Coroutines start in the order they are handed over, and the layer sends in
+    # that order: a job's events reach Redis in their sequence.
+    future = asyncio.run_coroutine_threadsafe(_send_all(layer, groups, message), loop)
+    future.add_done_callback(lambda done: _sent(done, slots))
+
+
+def _sent(future: Any, slots: threading.BoundedSemaphore) -> None:
+    slots.release()
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("realtime push failed", exc_info=future.exception())
+
+
+def flush(timeout: float = _SEND_TIMEOUT) -> bool:
+    """Wait until this process's pushes are out (a worker, before it acknowledges a
+    task: a process that is then recycled must not take them with it)."""
+    if _sender is None or _sender[0] != os.getpid():
+        return True
+    slots = _sender[2]
+    deadline = time.monotonic() + timeout
+    taken = 0
     try:
-        future.result(timeout=_SEND_TIMEOUT)
-    except TimeoutError:
-        future.cancel()
-        raise
+        while taken < _MAX_IN_FLIGHT:
+            if not slots.acquire(timeout=max(deadline - time.monotonic(), 0)):
+                return False
+            taken += 1
+        return True
+    finally:
+        for _ in range(taken):
+            slots.release()
 
 
 async def _send_all(layer: Any, groups: list[str], message: dict[str, Any]) -> None:

@@ -707,40 +707,49 @@ def _process_one(job: Transcription, engine: Any) -> None:
         logger.warning("job %s: result dropped, another attempt finished it", job.id)
 
 
-# Outcomes of a batch on an engine without batched inference are written together
-# when they come this close to one another; slower ones each as soon as known.
-_BATCH_FLUSH_SECONDS = 0.1
-
-
 def _process_batch(jobs: list[Transcription], engine: Any) -> None:
-    """Decode every job (a bad file fails alone), transcribe them together, store."""
-    pending: list[tuple[Transcription, dict[str, Any], dict[str, Any]]] = []
-    ready: list[tuple[Transcription, np.ndarray, float]] = []
+    """Run a batch: on an engine that batches, decode every job (a bad file fails
+    alone), transcribe them in one call and store them together; on the others, each
+    job in turn, stored as soon as it is done (its watchers need not wait for the
+    rest of the batch)."""
+    done: set[Any] = set()
+
+    def write(outcomes: list[Outcome]) -> None:
+        _write_outcomes(outcomes)
+        done.update(job.pk for job, _, _ in outcomes)
+
     try:
-        for job in jobs:
-            try:
-                samples, decode_seconds = _decode(job)
-            except audio_lib.AudioError as exc:
-                pending.append(_failure(job, exc.code, exc.message))
-                continue
-            ready.append((job, samples, decode_seconds))
-        if ready and getattr(engine, "batches_natively", False):
-            pending += _transcribe_together(ready, engine)
+        if getattr(engine, "batches_natively", False):
+            failed: list[Outcome] = []
+            ready: list[tuple[Transcription, np.ndarray, float]] = []
+            for job in jobs:
+                try:
+                    samples, decode_seconds = _decode(job)
+                except audio_lib.AudioError as exc:
+                    failed.append(_failure(job, exc.code, exc.message))
+                    continue
+                ready.append((job, samples, decode_seconds))
+            write(failed + (_transcribe_together(ready, engine) if ready else []))
         else:
-            last_flush = time.monotonic()
-            for item in ready:
-                pending.append(_transcribe_alone(item, engine))
-                if time.monotonic() - last_flush >= _BATCH_FLUSH_SECONDS:
-                    _write_outcomes(pending)
-                    pending, last_flush = [], time.monotonic()
+            for job in jobs:
+                try:
+                    samples, decode_seconds = _decode(job)
+                except audio_lib.AudioError as exc:
+                    write([_failure(job, exc.code, exc.message)])
+                    continue
+                write([_transcribe_alone((job, samples, decode_seconds), engine)])
     except SoftTimeLimitExceeded:
-        written = {job.pk for job, _, _ in pending}
-        pending += [
-            _failure(job, "timeout", _TIMEOUT_MESSAGE)
-            for job in jobs
-            if job.pk not in written
-        ]
-    _write_outcomes(pending)
+        write(
+            [
+                _failure(job, "timeout", _TIMEOUT_MESSAGE)
+                for job in jobs
+                if job.pk not in done
+            ]
+        )
+
+
+# A job, the data of its outcome's event, and the fields written on its row.
+Outcome = tuple[Transcription, dict[str, Any], dict[str, Any]]
 
 
 def _failure(

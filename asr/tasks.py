@@ -105,7 +105,13 @@ def _preload_engine(**_: Any) -> None:
 
 
 @task_postrun.connect
-def _recycle_over_vram(sender: Any = None, **_: Any) -> None:
+def _after_asr_task(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", "") not in ("asr.transcribe", "asr.transcribe_chunk"):
+        return
+    # Pushes to browsers go out in the background while a task runs; they must be
+    # out before the process may be recycled.
+    from asr import realtime
+
+    realtime.flush()
     # CUDA memory fragments over days; a process past its limit is replaced.
-    if getattr(sender, "name", "") in ("asr.transcribe", "asr.transcribe_chunk"):
-        recycle_if_over_vram()
+    recycle_if_over_vram()

@@ -8,7 +8,7 @@ Run from the project root with the virtualenv:
     .venv/bin/python bench/websockets.py --only storm --client-procs 1
     .venv/bin/python bench/websockets.py --only memory \
         --uvicorn-arg=--ws-per-message-deflate=false      # any uvicorn flag
-    .venv/bin/python bench/websockets.py --what-if pubsub  # a proposed change
+    .venv/bin/python bench/websockets.py --what-if connmaxage  # a proposed change
     .venv/bin/python bench/websockets.py --quick --py-spy  # where the CPU goes
 
 It sets up its own world and removes it at the end (also on Ctrl-C): a fresh SQLite
@@ -77,7 +77,7 @@ from bench import pipeline as pl  # noqa: E402
 WS_DIR = ROOT / "var" / "bench-ws"
 REDIS_DB = 13
 PHASES = ("latency", "memory", "storm")
-WHAT_IFS = ("pubsub", "connmaxage")
+WHAT_IFS = ("connmaxage",)
 
 LATENCY_P50_TARGET = 0.005
 LATENCY_P99_TARGET = 0.025

@@ -3,9 +3,6 @@
 The project's settings, with the changes named in KIKI_WS_WHAT_IF applied, so that a
 proposed change can be measured before anyone edits the project:
 
-  pubsub      channels_redis.pubsub.RedisPubSubChannelLayer instead of RedisChannelLayer:
-              group_send is one PUBLISH instead of a ZRANGE of the group plus an EVAL,
-              and a web process reads every message from one subscribed connection.
   connmaxage  CONN_MAX_AGE for SQLite too: channels' database_sync_to_async closes the
               connection after every call unless it is persistent, so every consumer
               opens a fresh SQLite connection (and runs the PRAGMAs) per snapshot.
@@ -14,17 +11,9 @@ proposed change can be measured before anyone edits the project:
 import os
 
 from kikipounamu.settings import *  # noqa: F403
-from kikipounamu.settings import CHANNEL_LAYERS
 from kikipounamu.settings import DATABASES
 
 WHAT_IF = [w for w in os.environ.get("KIKI_WS_WHAT_IF", "").split(",") if w]
-
-if "pubsub" in WHAT_IF:
-    _config = CHANNEL_LAYERS["default"]["CONFIG"]
-    CHANNEL_LAYERS["default"] = {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": _config["hosts"], "prefix": _config["prefix"]},
-    }
 
 if "connmaxage" in WHAT_IF:
     DATABASES["default"]["CONN_MAX_AGE"] = 60

@@ -187,14 +187,15 @@ WEB_MAX_CONCURRENT_REQUESTS = env.int("WEB_MAX_CONCURRENT_REQUESTS", default=8)
 # number. https://channels.readthedocs.io/en/stable/topics/channel_layers.html
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub: a group_send is one PUBLISH, and a web process gets its
+        # messages pushed on one subscribed connection. The list-based
+        # RedisChannelLayer takes three round trips per group and has each process
+        # poll. Both are at-most-once, which the snapshot-on-connect design assumes.
+        # https://github.com/django/channels_redis#redispubsubchannellayer
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             "prefix": env.str("CHANNEL_LAYER_PREFIX", default="asgi"),
-            # Events older than this are useless to a browser: it resyncs by snapshot.
-            "expiry": 60,
-            "group_expiry": 24 * 3600,
-            "capacity": 500,
         },
     },
 }
