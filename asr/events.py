@@ -42,7 +42,9 @@ def transcription_event_record(
     (the realtime push) then need no database read. ``seq``: the caller already took
     the job's next sequence number in its own UPDATE (``event_seq=F("event_seq") + 1``).
     """
-    with transaction.atomic():
+    # No savepoint (two statements): inside a caller's transaction, a failure here
+    # fails it all, which is what every caller wants.
+    with transaction.atomic(savepoint=False):
         if seq is None:
             try:
                 seq = next_event_seq(transcription_id)
@@ -65,7 +67,7 @@ def transcription_events_record_bulk(
     UPDATE, and is the job as that event leaves it."""
     if not entries:
         return
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         events = TranscriptionEvent.objects.bulk_create(
             [
                 TranscriptionEvent(

@@ -75,9 +75,9 @@ class Transcription(models.Model):
     # Seconds of audio transcribed so far (progress while running).
     processed_seconds = models.FloatField(null=True, blank=True)
     task_id = models.CharField(max_length=64, blank=True)
-    # While running as part of another message's batch (micro-batching): that
-    # message's task id. That message, not this job's own, then holds the job: its
-    # redelivery (a dead worker) takes the job back; this job's own message skips it.
+    # Run as part of another message's batch (micro-batching): that message's task
+    # id. While the job runs, that message, not the job's own, holds it: its
+    # redelivery (a dead worker) takes the job back; the job's own message skips it.
     batch_task_id = models.CharField(max_length=64, blank=True, db_index=True)
     worker_hostname = models.CharField(max_length=255, blank=True)
 

@@ -278,10 +278,15 @@ def transcription_claim(
             "job %s: nothing to do (finished, cancelled or gone)", transcription_id
         )
         # This message may have led a batch whose worker died after finishing this
-        # job but not the others: those go back to the queue.
-        if Transcription.objects.filter(
-            batch_task_id=task_id, status=Status.RUNNING
-        ).exists():
+        # job but not the others: those go back to the queue. (A job that ran in
+        # another message's batch keeps that message's id: its own message led none.)
+        if (
+            row is not None
+            and not row["batch_task_id"]
+            and Transcription.objects.filter(
+                batch_task_id=task_id, status=Status.RUNNING
+            ).exists()
+        ):
             transcription_batch_release(task_id=task_id)
         return None
     redelivered = row["status"] == Status.RUNNING
@@ -516,7 +521,7 @@ def _finish_many(
     done: list[tuple[Transcription, str, dict[str, Any]]] = []
     with transaction.atomic():
         for job, event, fields in outcomes:
-            fields = {"finished_at": now, "batch_task_id": "", **fields}
+            fields = {"finished_at": now, **fields}
             if job.started_at is not None:
                 fields["processing_seconds"] = (
                     fields["finished_at"] - job.started_at
@@ -932,6 +937,7 @@ def transcription_retry(*, transcription: Transcription) -> Transcription:
             status=Status.QUEUED,
             attempts=0,
             task_id=str(uuid.uuid4()),
+            batch_task_id="",
             error_code="",
             error_message="",
             text="",
