@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from typing import Any
 from uuid import UUID
 
@@ -131,11 +130,11 @@ def publish_event(event: TranscriptionEvent, job: Transcription | None = None) -
 # layer may drop it anyway: watchers resync from a snapshot when they reconnect.
 _MAX_IN_FLIGHT = 512
 _SEND_TIMEOUT = 10.0
-_sender: tuple[int, asyncio.AbstractEventLoop, threading.BoundedSemaphore] | None = None
+_sender: tuple[int, asyncio.AbstractEventLoop, _InFlight] | None = None
 _sender_lock = threading.Lock()
 
 
-def _sender_loop() -> tuple[asyncio.AbstractEventLoop, threading.BoundedSemaphore]:
+def _sender_loop() -> tuple[asyncio.AbstractEventLoop, _InFlight]:
     """This process's event loop for sending from sync code, in a daemon thread.
 
     async_to_sync would start a new thread and a new event loop for every event, and
@@ -152,13 +151,37 @@ def _sender_loop() -> tuple[asyncio.AbstractEventLoop, threading.BoundedSemaphor
             threading.Thread(
                 target=loop.run_forever, name="realtime-sender", daemon=True
             ).start()
-            _sender = (os.getpid(), loop, threading.BoundedSemaphore(_MAX_IN_FLIGHT))
+            _sender = (os.getpid(), loop, _InFlight())
         return _sender[1], _sender[2]
 
 
+class _InFlight:
+    """How many pushes are on their way; callers wait for room, or for none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def enter(self, timeout: float) -> bool:
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.count < _MAX_IN_FLIGHT, timeout):
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        with self.changed:
+            self.count -= 1
+            self.changed.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.count == 0, timeout)
+
+
 def _send_from_sync(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
-    loop, slots = _sender_loop()
-    if not slots.acquire(timeout=_SEND_TIMEOUT):
+    loop, in_flight = _sender_loop()
+    if not in_flight.enter(_SEND_TIMEOUT):
         logger.warning(
             "realtime push dropped: %d sends still on their way", _MAX_IN_FLIGHT
         )
@@ -166,32 +189,21 @@ def _send_from_sync(layer: Any, groups: list[str], message: dict[str, Any]) -> N
     # Coroutines start in the order they are handed over, and the layer sends in
     # that order: a job's events reach Redis in their sequence.
     future = asyncio.run_coroutine_threadsafe(_send_all(layer, groups, message), loop)
-    future.add_done_callback(lambda done: _sent(done, slots))
+    future.add_done_callback(lambda done: _sent(done, in_flight))
 
 
-def _sent(future: Any, slots: threading.BoundedSemaphore) -> None:
-    slots.release()
+def _sent(future: Any, in_flight: _InFlight) -> None:
+    in_flight.leave()
     if not future.cancelled() and future.exception() is not None:
         logger.warning("realtime push failed", exc_info=future.exception())
 
 
 def flush(timeout: float = _SEND_TIMEOUT) -> bool:
-    """Wait until this process's pushes are out (a worker, before it acknowledges a
-    task: a process that is then recycled must not take them with it)."""
+    """Wait until this process's pushes are out (a worker, after each task: a process
+    that is then recycled must not take them with it)."""
     if _sender is None or _sender[0] != os.getpid():
         return True
-    slots = _sender[2]
-    deadline = time.monotonic() + timeout
-    taken = 0
-    try:
-        while taken < _MAX_IN_FLIGHT:
-            if not slots.acquire(timeout=max(deadline - time.monotonic(), 0)):
-                return False
-            taken += 1
-        return True
-    finally:
-        for _ in range(taken):
-            slots.release()
+    return _sender[2].drain(timeout)
 
 
 async def _send_all(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
