@@ -92,20 +92,40 @@ def _ensure_thread() -> None:
         _owner_pid = os.getpid()
 
 
+def release_connection(timeout: float = 10.0) -> bool:
+    """Have the writer thread close its database connection (it opens a new one when
+    the next update comes). For a test run, whose database cannot be dropped while a
+    connection to it is open; True once done, or if there is no writer."""
+    if _owner_pid != os.getpid():
+        return True
+    done = threading.Event()
+    _pending.put(done)  # type: ignore[arg-type]
+    return done.wait(timeout)
+
+
 def _take_batch(first: _Waiting) -> list[_Waiting]:
     batch = [first]
     while len(batch) < MAX_BATCH:
         try:
-            batch.append(_pending.get_nowait())
+            item = _pending.get_nowait()
         except queue.Empty:
             break
+        if isinstance(item, threading.Event):
+            _pending.put(item)  # after this batch
+            break
+        batch.append(item)
     return batch
 
 
 def _run() -> None:
     last = time.monotonic()
     while True:
-        batch = _take_batch(_pending.get())
+        first = _pending.get()
+        if isinstance(first, threading.Event):
+            connection.close()
+            first.set()
+            continue
+        batch = _take_batch(first)
         if time.monotonic() - last > IDLE_CHECK_SECONDS:
             _drop_if_broken()
         last = time.monotonic()

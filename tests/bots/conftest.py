@@ -44,6 +44,17 @@ def bot_env(fake: FakeBotApi, **extra: str) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _webhook_writer_lets_go_of_the_database(django_db_setup: Any) -> Iterator[None]:
+    # Webhook tests run the ASGI app in this process; its writer thread keeps a
+    # connection, and PostgreSQL will not drop the test database under it. (Set up
+    # after the test database, so torn down before it.)
+    yield
+    from bots import writer
+
+    writer.release_connection()
+
+
 @pytest.fixture(scope="session")
 def fake_api() -> Iterator[FakeBotApi]:
     fake = FakeBotApi().start()
