@@ -7,7 +7,10 @@ What this adds to a bare ``AutoModel``:
   an error that names neither the setting nor the cause;
 - the checkpoint is loaded strictly and memory-mapped: FunASR's own loader logs
   skipped or mis-shaped weights at INFO and runs on random ones, and keeps two extra
-  copies of the checkpoint in memory (``torch.load`` then ``deepcopy``);
+  copies of the checkpoint in memory (``torch.load`` then ``deepcopy``). Parameters
+  are created on the meta device (no memory, no random initialisation) and then
+  become the mapped checkpoint tensors, so the weights exist once, as pages of the
+  file that every worker on the machine shares;
 - audio is cut into segments (by the VAD model when one is configured, else fixed
   windows) that run as one batch, so every segment has absolute timestamps;
 - SenseVoice's inline tags (language, emotion, audio events, ITN) are taken out of
@@ -25,7 +28,6 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ LANGUAGE_TAGS = frozenset({*SENSEVOICE_LANGUAGES, "nospeech", "auto"})
 TAG_RE = re.compile(r"<\|([^|<>]*)\|>")
 
 _load_lock = threading.Lock()
+# Set while FunASR builds models in this thread: new parameters go to the meta device.
+_building = threading.local()
 
 
 class ModelMismatchError(EngineError):
@@ -86,8 +90,10 @@ def split_tags(text: str) -> tuple[str, dict[str, Any]]:
 def strict_load_checkpoint(model: Any, path: str, **_: Any) -> None:
     """Load ``path`` into ``model`` or raise: every key present, every shape equal.
 
-    Memory-mapped and assigned in place, so the process holds the weights once
-    (file-backed on CPU) instead of FunASR's three copies.
+    Memory-mapped and assigned in place (``assign=True``): the model's parameters
+    become the checkpoint's tensors, so the process holds the weights once
+    (file-backed on CPU) instead of FunASR's three copies, and ``model`` may have
+    been built on the meta device.
     """
     import torch
 
@@ -125,19 +131,63 @@ def strict_load_checkpoint(model: Any, path: str, **_: Any) -> None:
             + ". FunASR would run on random weights for these; fix the config or "
             "use the checkpoint it was trained with."
         )
-    model.load_state_dict(state, strict=True, assign=True)
+    meta_params = getattr(_building, "meta_params", False)
+    _building.meta_params = False  # the loaded parameters are the real ones
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    finally:
+        _building.meta_params = meta_params
+
+
+def check_materialized(model: Any, name: str) -> None:
+    """Raise unless every parameter and buffer of ``model`` holds real data.
+
+    Parameters are built on the meta device and only a checkpoint gives them data;
+    FunASR goes on without one when ``model.pt`` is missing (it prints a line and
+    would otherwise run on random weights).
+    """
+    empty = [
+        key
+        for key, tensor in (*model.named_parameters(), *model.named_buffers())
+        if tensor.is_meta
+    ]
+    if empty:
+        raise ModelMismatchError(
+            f"{name}: {len(empty)} weights were not loaded from a checkpoint (e.g. "
+            f"{empty[0]}); is model.pt missing from the model directory?"
+        )
 
 
 @contextmanager
 def _strict_loading() -> Iterator[None]:
-    import funasr.auto.auto_model as auto_model
+    """While FunASR builds models in this thread: parameters are made on the meta
+    device and the checkpoint is loaded by :func:`strict_load_checkpoint`.
 
+    Only parameters, which a strict load replaces one and all, go to meta (what
+    ``accelerate.init_empty_weights(include_buffers=False)`` does): buffers, plain
+    tensor attributes and front-ends are built as usual. This saves building and
+    randomly initialising a full copy of the weights only to drop it (for
+    SenseVoiceSmall ~0.9 GB of RSS at load and most of the build time).
+    """
+    import funasr.auto.auto_model as auto_model
+    import torch
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    def on_meta(_module: Any, _name: str, param: Any) -> Any:
+        if param is None or param.is_meta or not getattr(_building, "meta_params", 0):
+            return None
+        return torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    handle = register_module_parameter_registration_hook(on_meta)
     original = auto_model.load_pretrained_model
     auto_model.load_pretrained_model = strict_load_checkpoint
+    _building.meta_params = True
     try:
         yield
     finally:
+        _building.meta_params = False
         auto_model.load_pretrained_model = original
+        handle.remove()
 
 
 def resolve_model(name: str, *, setting: str, allow_download: bool) -> str:
@@ -179,18 +229,6 @@ def resolve_device(device: str) -> str:
         torch.__version__,
     )
     return "cpu"
-
-
-def _release_freed_memory() -> None:
-    # The model is first built with random weights, then given the memory-mapped
-    # checkpoint; glibc keeps the freed random weights in its heap unless asked to
-    # hand them back, and they would count in the worker's RSS for its lifetime.
-    import ctypes
-    import gc
-
-    gc.collect()
-    with suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:
@@ -275,7 +313,13 @@ class FunASREngine:
                 else None
             )
             self._punc = AutoModel(model=punc_path, **common) if punc_path else None
-        _release_freed_memory()
+        for name, auto in (
+            (model, self._model),
+            (vad_model, self._vad),
+            (punc_model, self._punc),
+        ):
+            if auto is not None:
+                check_materialized(auto.model, name)
         self.architecture = str(self._model.kwargs.get("model", ""))
         self.is_sensevoice = "SenseVoice" in self.architecture
         self._torch_device = torch_device

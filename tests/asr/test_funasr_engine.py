@@ -83,6 +83,79 @@ def test_output_is_deterministic(engine: FunASREngine) -> None:
     assert engine.transcribe(clip).text == engine.transcribe(clip).text
 
 
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from the file ``path``."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            lo, hi = fields[0].split("-")
+            ranges.append((int(lo, 16), int(hi, 16)))
+    return ranges
+
+
+def test_the_weights_are_the_mapped_checkpoint_and_give_funasrs_own_output(
+    sensevoice_dir: Path, engine: FunASREngine
+) -> None:
+    import torch
+    from funasr import AutoModel
+
+    # given the checkpoint as torch reads it
+    checkpoint = torch.load(sensevoice_dir / "model.pt", weights_only=True)
+
+    # then every weight of the engine's model is the checkpoint's, and lives in the
+    # pages of model.pt itself: no copy of the weights in the process
+    mapped = _mapped_ranges(sensevoice_dir / "model.pt")
+    assert mapped
+    weights = engine._model.model.state_dict()
+    assert weights.keys() == checkpoint.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, checkpoint[name]), name
+        if tensor.numel():
+            assert any(lo <= tensor.data_ptr() < hi for lo, hi in mapped), name
+
+    # and the engine's model transcribes as FunASR's own loader's does
+    plain = AutoModel(
+        model=str(sensevoice_dir),
+        device="cpu",
+        disable_update=True,
+        disable_pbar=True,
+        disable_log=True,
+    )
+    clip = noise(1.5, seed=5)
+    expected = plain.generate(
+        input=[clip], language="auto", use_itn=True, batch_size=1, disable_pbar=True
+    )
+    assert engine._generate([clip], "auto")[0]["text"] == expected[0]["text"]
+
+
+def test_parameters_no_checkpoint_filled_are_refused() -> None:
+    import threading
+
+    import torch
+
+    from asr.engines.funasr import _strict_loading
+    from asr.engines.funasr import check_materialized
+
+    # given modules built while FunASR loads, in this thread and in another one
+    others: list[torch.nn.Module] = []
+    with _strict_loading():
+        layer = torch.nn.Linear(4, 2)
+        thread = threading.Thread(target=lambda: others.append(torch.nn.Linear(4, 2)))
+        thread.start()
+        thread.join()
+
+    # then only this thread's parameters wait on the meta device for a checkpoint
+    assert layer.weight.is_meta
+    assert not others[0].weight.is_meta
+    # and a model left without one is refused, not run
+    with pytest.raises(EngineError) as info:
+        check_materialized(layer, "SenseVoiceSmall")
+    assert info.value.code == "model_mismatch"
+    assert "not loaded from a checkpoint" in info.value.message
+    check_materialized(others[0], "SenseVoiceSmall")
+
+
 def test_a_batch_gives_one_result_per_clip_in_order(engine: FunASREngine) -> None:
     clips = [noise(1.5, seed=1), noise(4.5, seed=2), noise(0.5, seed=3)]
     results = engine.transcribe_batch(clips, SR, [None, "en", None])
