@@ -190,6 +190,102 @@ def _strict_loading() -> Iterator[None]:
         handle.remove()
 
 
+# How FunASR's modules register their classes: @tables.register("model_classes", "X").
+_REGISTRATION_RE = re.compile(r'tables\.register\(\s*"(\w+)"\s*,\s*"([^"]+)"\s*\)')
+# Registries only training reads (a config names them too, e.g. ``dataset``).
+_TRAINING_TABLES = frozenset(
+    {
+        "dataset_classes",
+        "dataloader_classes",
+        "batch_sampler_classes",
+        "index_ds_classes",
+        "preprocessor_classes",
+    }
+)
+
+
+def _registering_modules(package_dir: Path) -> dict[tuple[str, str], set[str]]:
+    """(table, name) -> the FunASR modules whose source registers it (~30 ms)."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for source in package_dir.rglob("*.py"):
+        text = source.read_text(encoding="utf-8", errors="replace")
+        if "tables.register" not in text:
+            continue
+        parts = source.relative_to(package_dir.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for table, name in _REGISTRATION_RE.findall(text):
+            found.setdefault((table, name), set()).add(module)
+    return found
+
+
+def model_config(model_path: str) -> dict[str, Any] | None:
+    """The ``config.yaml`` of a local model directory; None for a hub name."""
+    path = Path(model_path) / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return config if isinstance(config, dict) else None
+
+
+def import_funasr(configs: Sequence[dict[str, Any] | None]) -> None:
+    """Import FunASR with the classes these model configs name registered.
+
+    ``import funasr`` imports each of its ~430 modules, for every one to register
+    its classes, and with them transformers, hydra, numba, sympy and
+    torch.distributed: for a SenseVoiceSmall worker ~165 MB of RSS and ~4 s of
+    start-up it never uses. Here that package-wide import is skipped and only the
+    modules that register the classes a config names (found in FunASR's source) are
+    imported. A name that no module, or more than one, registers falls back to the
+    full import: there the import order decides which class wins, and it stays the
+    one FunASR itself would use. A config of None (a hub name) does the same.
+    """
+    import importlib
+    import importlib.util
+    import pkgutil
+    import sys
+
+    if "funasr" not in sys.modules:
+        walk = pkgutil.walk_packages
+        # funasr/__init__.py imports every module that pkgutil.walk_packages yields;
+        # for the moment of that import it yields none.
+        pkgutil.walk_packages = lambda *_, **__: iter(())
+        try:
+            import funasr
+        finally:
+            pkgutil.walk_packages = walk
+    import funasr
+    from funasr.register import tables
+
+    spec = importlib.util.find_spec("funasr")
+    assert spec is not None and spec.origin is not None
+    registering = _registering_modules(Path(spec.origin).parent)
+    registries = {table for table, _ in registering} - _TRAINING_TABLES
+    wanted = {
+        (f"{key}_classes", value)
+        for config in configs
+        if config is not None
+        for key, value in config.items()
+        if isinstance(value, str) and f"{key}_classes" in registries
+    }
+
+    def unregistered() -> list[tuple[str, str]]:
+        return [(t, name) for t, name in wanted if name not in getattr(tables, t, {})]
+
+    sources = [registering.get(item, set()) for item in unregistered()]
+    if None not in configs and all(len(found) == 1 for found in sources):
+        for found in sources:
+            importlib.import_module(next(iter(found)))
+        if not unregistered():
+            return
+    logger.info(
+        "funasr: importing all of FunASR for %s",
+        ", ".join(sorted(name for _, name in unregistered())) or "a hub model",
+    )
+    funasr.import_submodules("funasr")
+
+
 def resolve_model(name: str, *, setting: str, allow_download: bool) -> str:
     """A local model directory, or a hub name when downloads are allowed."""
     path = Path(name).expanduser()
@@ -283,6 +379,14 @@ class FunASREngine:
             if punc_model
             else ""
         )
+        with _load_lock:
+            import_funasr(
+                [
+                    model_config(path)
+                    for path in (model_path, vad_path, punc_path)
+                    if path
+                ]
+            )
         from funasr import AutoModel
 
         torch_device = resolve_device(device)

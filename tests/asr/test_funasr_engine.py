@@ -6,8 +6,11 @@ segments, timing, device, metadata and the error paths.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -127,6 +130,46 @@ def test_the_weights_are_the_mapped_checkpoint_and_give_funasrs_own_output(
         input=[clip], language="auto", use_itn=True, batch_size=1, disable_pbar=True
     )
     assert engine._generate([clip], "auto")[0]["text"] == expected[0]["text"]
+
+
+def test_a_worker_imports_only_the_funasr_modules_its_models_name(
+    sensevoice_dir: Path,
+) -> None:
+    # given a fresh process that loads SenseVoiceSmall, then a Paraformer, whose
+    # decoder name two FunASR modules register
+    script = (
+        "import json, sys\n"
+        "from asr.engines.funasr import FunASREngine\n"
+        "FunASREngine(model=sys.argv[1], threads=1)\n"
+        "after_sensevoice = {\n"
+        "    'transformers': 'transformers' in sys.modules,\n"
+        "    'funasr_modules': sum(m.startswith('funasr.') for m in sys.modules),\n"
+        "}\n"
+        "engine = FunASREngine(model=sys.argv[2], threads=1)\n"
+        "from funasr.register import tables\n"
+        "decoder = tables.decoder_classes['ParaformerSANMDecoder']\n"
+        "text = engine.transcribe(__import__('numpy').zeros(16000, 'float32')).text\n"
+        "print(json.dumps({**after_sensevoice, 'decoder': decoder.__module__}))\n"
+    )
+    paraformer_dir = tiny_model_dir("paraformer")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(sensevoice_dir), str(paraformer_dir)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+
+    # then SenseVoiceSmall needed a few dozen of FunASR's ~430 modules, and none of
+    # the libraries only other models use
+    assert not seen["transformers"]
+    assert seen["funasr_modules"] < 150
+    # and the ambiguous name got the class a plain `import funasr` registers
+    # (FunASR 1.4.16: the last module to register it in import order wins)
+    assert seen["decoder"] == "funasr.models.e_paraformer.decoder"
 
 
 def test_parameters_no_checkpoint_filled_are_refused() -> None:
