@@ -232,6 +232,10 @@ ASR_USE_ITN = env.bool("ASR_USE_ITN", default=True)
 # Segments per engine call, and the longest segment (VAD cut or fixed window).
 ASR_BATCH_SIZE = env.int("ASR_BATCH_SIZE", default=16)
 ASR_MAX_SEGMENT_SECONDS = env.float("ASR_MAX_SEGMENT_SECONDS", default=30)
+# Most audio seconds in one engine call (FunASR). 0: one longest segment's worth on
+# CPU, where activations are worker RAM (SenseVoiceSmall ~3.4 MB per audio second),
+# no limit on a GPU (ASR_BATCH_SIZE and the out-of-memory halving govern VRAM).
+ASR_BATCH_SECONDS = env.float("ASR_BATCH_SECONDS", default=0)
 # GPUs for this worker's processes, e.g. "0,1": pool process i gets GPU i mod n
 # (also the worker option --gpus). Empty: ASR_DEVICE as is.
 ASR_GPUS = env.str("ASR_GPUS", default="")

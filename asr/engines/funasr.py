@@ -28,6 +28,7 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -327,6 +328,19 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def _return_freed_heap() -> None:
+    # glibc keeps what a call freed in its heap (blocks under its mmap threshold,
+    # which it raises by itself up to 32 MB once large blocks are freed): after one
+    # 60 s SenseVoiceSmall call on CPU ~200 MB, held until the next job and counted
+    # in the worker's RSS and by Celery's per-child memory limit. Trimming takes
+    # 1-8 ms. (A fixed low threshold, MALLOC_MMAP_THRESHOLD_, lowers the peak a
+    # little more but costs ~20 times the page faults: +20 % CPU time.)
+    import ctypes
+
+    with suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _is_cuda_oom(exc: BaseException) -> bool:
     import torch
 
@@ -354,6 +368,7 @@ class FunASREngine:
         use_itn: bool = True,
         batch_size: int = 16,
         max_segment_seconds: float = 30.0,
+        batch_seconds: float = 0.0,
         **_: Any,
     ) -> None:
         if not model:
@@ -397,6 +412,14 @@ class FunASREngine:
         self.use_itn = use_itn
         self.batch_size = max(1, batch_size)
         self.max_segment_seconds = max_segment_seconds
+        if batch_seconds <= 0 and torch_device == "cpu":
+            # On CPU a call's activations are worker RAM, and SenseVoiceSmall's CTC
+            # output alone takes ~3.4 MB per audio second (a 25k-token vocabulary,
+            # logits and log-probabilities in float32): 16 segments of 30 s would
+            # add 1.6 GB. Batching gains little on CPU. On a GPU the batch size
+            # and the out-of-memory halving govern VRAM.
+            batch_seconds = max_segment_seconds
+        self.batch_samples = int(max(0.0, batch_seconds) * SAMPLE_RATE)
         common: dict[str, Any] = {
             "device": torch_device,
             "ncpu": threads,
@@ -486,12 +509,23 @@ class FunASREngine:
             )
         return results
 
+    def _batch_end(self, pieces: list[np.ndarray], start: int) -> int:
+        """End of the batch that starts at ``start``: at most ``batch_size`` pieces
+        and, past the first, ``batch_samples`` samples (0: no limit)."""
+        end, samples = start + 1, pieces[start].shape[0]
+        while end < len(pieces) and end - start < self.batch_size:
+            samples += pieces[end].shape[0]
+            if self.batch_samples and samples > self.batch_samples:
+                break
+            end += 1
+        return end
+
     def _generate_adaptive(self, pieces: list[np.ndarray], language: str) -> list[dict]:
         """Run ``pieces``; on CUDA OOM, halve the batch (and keep it halved)."""
         results: list[dict] = []
         i = 0
         while i < len(pieces):
-            chunk = pieces[i : i + self.batch_size]
+            chunk = pieces[i : self._batch_end(pieces, i)]
             try:
                 results.extend(self._generate(chunk, language))
             except Exception as exc:
@@ -588,6 +622,8 @@ class FunASREngine:
                 refs, self._generate_adaptive(pieces, lang), strict=True
             ):
                 raw[ref] = result
+        if self._torch_device == "cpu":
+            _return_freed_heap()
         out = []
         for ci, clip_bounds in enumerate(bounds):
             segments: list[Segment] = []

@@ -299,6 +299,7 @@ def test_cuda_out_of_memory_halves_the_batch_then_is_transient(
 
     monkeypatch.setattr(engine, "_generate", generate)
     monkeypatch.setattr(engine, "batch_size", 8)
+    monkeypatch.setattr(engine, "batch_samples", 0)  # as on a GPU
 
     # when a batch of 5 segments does not fit, it is halved until it does
     result = engine.transcribe(noise(9), SR)
@@ -313,6 +314,34 @@ def test_cuda_out_of_memory_halves_the_batch_then_is_transient(
     monkeypatch.setattr(engine, "_generate", always_oom)
     with pytest.raises(EngineTransientError):
         engine.transcribe(noise(1), SR)
+
+
+def test_a_call_holds_at_most_batch_seconds_of_audio(
+    sensevoice_dir: Path, engine: FunASREngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given 2 s windows, 8 segments per call and at most 5 s of audio per call
+    bounded = FunASREngine(
+        model=str(sensevoice_dir),
+        threads=1,
+        max_segment_seconds=2,
+        batch_size=8,
+        batch_seconds=5,
+    )
+    calls: list[float] = []
+    real = bounded._generate
+
+    def generate(pieces: list[np.ndarray], language: str) -> list[dict]:
+        calls.append(sum(piece.shape[0] for piece in pieces) / SR)
+        return real(pieces, language)
+
+    monkeypatch.setattr(bounded, "_generate", generate)
+
+    # when 9 s are transcribed, then no call exceeds 5 s, and all is transcribed
+    result = bounded.transcribe(noise(9), SR)
+    assert calls == [4.0, 5.0]
+    assert len(result.meta["tags"]["segments"]) == 5
+    # and on CPU the default is one longest segment's worth per call
+    assert engine.batch_samples == 2 * SR
 
 
 def test_paraformer_runs_through_automodel() -> None:
