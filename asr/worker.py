@@ -58,6 +58,7 @@ def engine_options() -> dict[str, Any]:
         "use_itn": settings.ASR_USE_ITN,
         "batch_size": settings.ASR_BATCH_SIZE,
         "max_segment_seconds": settings.ASR_MAX_SEGMENT_SECONDS,
+        "batch_seconds": settings.ASR_CALL_AUDIO_SECONDS,
     }
 
 

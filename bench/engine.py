@@ -8,14 +8,23 @@ Each measurement runs in a fresh child process, so load time and peak RSS are th
 of one worker process holding the model and nothing else:
 
   load         seconds from nothing to a loaded engine (imports included, and
-               separately without them), RSS after load, model file size
+               separately without them), RSS after load (anonymous / file-backed),
+               model file size
   rtf-10s      single-stream real-time factor (engine seconds / audio seconds) on
   rtf-60s      a 10 s and a 60 s clip, after one warm-up call
   batch        transcribe_batch over N x 10 s clips: audio seconds per wall second
-  peak         peak RSS of the process (ru_maxrss), and peak CUDA memory on a GPU
+  peak         peak RSS of the process (ru_maxrss) and its ratio to the model file
+               (issue 3: <= 2), and peak CUDA memory on a GPU
   pipeline     with --pipeline: jobs through a real web process, Redis and a Celery
                worker running the same engine, audio-s per wall-s, against the raw
-               engine on the same clips one after another in a child process
+               engine on the same clips one after another in a child process; the
+               share of the worker's wall time spent in the engine (the jobs'
+               engine seconds over the same window, so machine load drifting
+               between the two runs cancels out); and the peak RSS of the worker's
+               pool process, the one holding the model, after one more 60 s job
+
+The load average is printed at the start and the end: on a shared machine the
+throughput figures move with it, the memory figures do not.
 
 ``--build-full DIR`` first writes a random full-size SenseVoiceSmall (~234 M
 parameters; asr.engines.tiny_models) when DIR has none. The clips are noise: a
@@ -54,6 +63,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def proc_status_mb(pid: int | str = "self") -> dict[str, float]:
+    """VmHWM (peak RSS), VmRSS, RssAnon and RssFile of a process, in MB (Linux)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def clip(seconds: float, seed: int = 0) -> Any:
     import numpy as np
 
@@ -69,6 +93,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch,
         "compute_type": args.compute_type,
         "max_segment_seconds": args.segment,
+        "batch_seconds": args.batch_seconds,
     }
 
 
@@ -77,8 +102,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"rss_start_mb": round(rss_mb(), 1)}
     started = time.perf_counter()
     if args.engine == "funasr":
-        import funasr  # noqa: F401
         import torch
+
+        # As the engine imports FunASR: only what the model's config names.
+        from asr.engines.funasr import import_funasr
+        from asr.engines.funasr import model_config
+
+        import_funasr([model_config(args.model)])
     imported = time.perf_counter()
     from asr.engines import load_engine
 
@@ -88,12 +118,15 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     out["load_without_imports_s"] = round(loaded - imported, 2)
     out["rss_after_load_mb"] = round(rss_mb(), 1)
     out["peak_rss_after_load_mb"] = round(peak_rss_mb(), 1)
+    out["after_load"] = proc_status_mb()
     out["device"] = engine.device
     if args.model and Path(args.model, "model.pt").is_file():
         out["model_file_mb"] = round(
             Path(args.model, "model.pt").stat().st_size / 2**20, 1
         )
-    engine.transcribe(clip(1.0), SR, None)  # one-off costs
+    # One-off costs; the raw run warms up on a clip as long as its own, as the
+    # pipeline does with its first job.
+    engine.transcribe(clip(args.clip_seconds if args.measure == "raw" else 1.0), SR)
     if args.measure == "rtf":
         for seconds in (10, 60):
             samples = clip(seconds, seed=seconds)
@@ -116,6 +149,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         out["raw_x_realtime"] = round(args.clip_seconds * len(clips) / wall, 3)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     out["rss_end_mb"] = round(rss_mb(), 1)
+    out["at_end"] = proc_status_mb()
     if str(engine.device).startswith("cuda"):
         import torch
 
@@ -134,6 +168,7 @@ def run_child(args: argparse.Namespace, measure: str) -> dict[str, Any]:
         "batch_clips",
         "compute_type",
         "segment",
+        "batch_seconds",
         "jobs",
         "clip_seconds",
     ):
@@ -174,16 +209,21 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     workdir = ROOT / "var" / "bench" / "engine"
     workdir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(args.jobs):
-        path = workdir / f"clip{i}.wav"
-        pcm = (clip(args.clip_seconds, seed=i) * 32767).astype(np.int16)
+
+    def write_wav(path: Path, seconds: float, seed: int) -> Path:
+        pcm = (clip(seconds, seed=seed) * 32767).astype(np.int16)
         with wave.open(str(path), "wb") as fh:
             fh.setnchannels(1)
             fh.setsampwidth(2)
             fh.setframerate(SR)
             fh.writeframes(pcm.tobytes())
-        paths.append(path)
+        return path
+
+    paths = [
+        write_wav(workdir / f"clip{i}.wav", args.clip_seconds, i)
+        for i in range(args.jobs)
+    ]
+    long_clip = write_wav(workdir / "clip60.wav", 60, 60)
     env = {
         "ASR_ENGINE": args.engine,
         "ASR_MODEL": args.model or "",
@@ -191,6 +231,7 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "ASR_THREADS": str(args.threads),
         "ASR_BATCH_SIZE": str(args.batch),
         "ASR_MAX_SEGMENT_SECONDS": str(args.segment),
+        "ASR_CALL_AUDIO_SECONDS": str(args.batch_seconds),
         "OMP_NUM_THREADS": str(args.threads),
     }
     user = get_user_model().objects.create(username=f"bench-{time.time_ns()}")
@@ -212,24 +253,32 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
             response.raise_for_status()
             return str(response.json()["id"])
 
+        def wait_for(ids: list[str]) -> None:
+            while Transcription.objects.filter(pk__in=ids, finished_at=None).exists():
+                time.sleep(0.05)
+
         # Warm-up job, then all at once: the queue is never empty.
-        first = submit(paths[0])
-        while not Transcription.objects.get(pk=first).is_finished:
-            time.sleep(0.1)
+        wait_for([submit(paths[0])])
         ids = [submit(path) for path in paths]
-        t0 = time.perf_counter()
-        while Transcription.objects.filter(pk__in=ids, finished_at=None).exists():
-            time.sleep(0.05)
+        wait_for(ids)
         jobs = list(Transcription.objects.filter(pk__in=ids))
         # From the first job's start to the last one's end: submission excluded.
         started = min(j.started_at for j in jobs if j.started_at)
         finished = max(j.finished_at for j in jobs if j.finished_at)
         wall = (finished - started).total_seconds()
-        del t0
+        engine_seconds = sum(j.engine_seconds or 0 for j in jobs)
         failed = [j.error_code for j in jobs if j.status != "succeeded"]
+        # The model lives in the pool process (loaded at its start); its peak RSS
+        # after one long job is the worker figure of issue 3.
+        wait_for([submit(long_clip)])
+        import psutil
+
+        pool = psutil.Process(worker.popen.pid).children()
         return {
             "pipeline_x_realtime": round(args.clip_seconds * len(ids) / wall, 3),
+            "pipeline_engine_share": round(engine_seconds / wall, 4),
             "pipeline_failed": failed,
+            "worker_pool": [proc_status_mb(child.pid) for child in pool],
         }
     finally:
         worker.stop()
@@ -253,6 +302,12 @@ def main() -> None:
     parser.add_argument("--batch-clips", type=int, default=8)
     parser.add_argument("--compute-type", default="")
     parser.add_argument("--segment", type=float, default=30.0)
+    parser.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=0.0,
+        help="audio seconds per engine call (ASR_CALL_AUDIO_SECONDS; 0: engine default)",
+    )
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument(
         "--pipeline-only", action="store_true", help="skip load/RTF/batch figures"
@@ -274,12 +329,13 @@ def main() -> None:
     print(
         f"engine {args.engine}, model {args.model or '(default)'}, device "
         f"{args.device}, {args.threads} threads, batch {args.batch}, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs; load average {load_average()}"
     )
     if not args.pipeline_only:
         single_and_batch(args)
     if args.pipeline or args.pipeline_only:
         compare_pipeline(args)
+    print(f"load average      {load_average()} (at the end)")
 
 
 def single_and_batch(args: argparse.Namespace) -> None:
@@ -290,9 +346,11 @@ def single_and_batch(args: argparse.Namespace) -> None:
     )
     if "model_file_mb" in rtf:
         print(f"model file        {rtf['model_file_mb']:.0f} MB")
+    loaded = rtf["after_load"]
     print(
         f"RSS after load    {rtf['rss_after_load_mb']:.0f} MB "
-        f"(peak while loading {rtf['peak_rss_after_load_mb']:.0f} MB)"
+        f"({loaded['RssAnon']:.0f} anonymous, {loaded['RssFile']:.0f} file-backed; "
+        f"peak while loading {rtf['peak_rss_after_load_mb']:.0f} MB)"
     )
     print(f"device            {rtf['device']}")
     print(
@@ -301,9 +359,12 @@ def single_and_batch(args: argparse.Namespace) -> None:
     print(
         f"RTF 60 s clip     {rtf['rtf_60s']:.4f}  ({1 / rtf['rtf_60s']:.1f}x real time)"
     )
+    end = rtf["at_end"]
     print(
-        f"peak RSS          {rtf['peak_rss_mb']:.0f} MB (single stream process; "
-        f"{rtf['rss_end_mb']:.0f} MB held after its last call)"
+        f"peak RSS          {rtf['peak_rss_mb']:.0f} MB (the process holding the "
+        f"model, over load, warm-up, 10 s and 60 s; {rtf['rss_end_mb']:.0f} MB held "
+        f"after its last call: {end['RssAnon']:.0f} anonymous, "
+        f"{end['RssFile']:.0f} file-backed)"
     )
     if "model_file_mb" in rtf:
         ratio = rtf["peak_rss_mb"] / rtf["model_file_mb"]
@@ -311,8 +372,8 @@ def single_and_batch(args: argparse.Namespace) -> None:
     batch = run_child(args, "batch")
     print(
         f"batched           {batch['batch_x_realtime']:.1f}x real time "
-        f"({batch['batch_clips']} x 10 s in one call, batch {args.batch}); "
-        f"peak RSS {batch['peak_rss_mb']:.0f} MB"
+        f"({batch['batch_clips']} x 10 s in one transcribe_batch, batch {args.batch}"
+        f"); peak RSS {batch['peak_rss_mb']:.0f} MB"
     )
     for result in (rtf, batch):
         if "peak_vram_mb" in result:
@@ -331,6 +392,22 @@ def compare_pipeline(args: argparse.Namespace) -> None:
         f"through pipeline  {pipe['pipeline_x_realtime']:.2f}x real time "
         f"= {share:.1%} of raw (target >= 95%); failed: {pipe['pipeline_failed']}"
     )
+    print(
+        f"engine share      {pipe['pipeline_engine_share']:.1%} of the worker's wall "
+        "time in the engine over the same jobs (load drift between the raw and the "
+        "pipeline runs cancels out)"
+    )
+    model_file = Path(args.model, "model.pt") if args.model else None
+    for status in pipe["worker_pool"]:
+        line = (
+            f"worker peak RSS   {status['VmHWM']:.0f} MB (Celery pool process "
+            f"holding the model, after the jobs and one 60 s job; now "
+            f"{status['RssAnon']:.0f} anonymous, {status['RssFile']:.0f} file-backed)"
+        )
+        if model_file is not None and model_file.is_file():
+            ratio = status["VmHWM"] / (model_file.stat().st_size / 2**20)
+            line += f"; / model {ratio:.2f} (target <= 2)"
+        print(line)
 
 
 if __name__ == "__main__":

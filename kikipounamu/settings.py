@@ -234,6 +234,10 @@ ASR_USE_ITN = env.bool("ASR_USE_ITN", default=True)
 # Segments per engine call, and the longest segment (VAD cut or fixed window).
 ASR_BATCH_SIZE = env.int("ASR_BATCH_SIZE", default=16)
 ASR_MAX_SEGMENT_SECONDS = env.float("ASR_MAX_SEGMENT_SECONDS", default=30)
+# Most audio seconds in one engine call (FunASR). 0: one longest segment's worth on
+# CPU, where activations are worker RAM (SenseVoiceSmall ~3.4 MB per audio second),
+# no limit on a GPU (ASR_BATCH_SIZE and the out-of-memory halving govern VRAM).
+ASR_CALL_AUDIO_SECONDS = env.float("ASR_CALL_AUDIO_SECONDS", default=0)
 # Micro-batching: a worker that takes a short job also takes other short jobs waiting
 # in the queue (the oldest first) and runs them together: one engine call on engines
 # that batch (FunASR on a GPU), one task's set-up and fewer database round trips on

@@ -7,9 +7,13 @@ What this adds to a bare ``AutoModel``:
   an error that names neither the setting nor the cause;
 - the checkpoint is loaded strictly and memory-mapped: FunASR's own loader logs
   skipped or mis-shaped weights at INFO and runs on random ones, and keeps two extra
-  copies of the checkpoint in memory (``torch.load`` then ``deepcopy``);
+  copies of the checkpoint in memory (``torch.load`` then ``deepcopy``). Parameters
+  are created on the meta device (no memory, no random initialisation) and then
+  become the mapped checkpoint tensors, so the weights exist once, as pages of the
+  file that every worker on the machine shares;
 - audio is cut into segments (by the VAD model when one is configured, else fixed
-  windows) that run as one batch, so every segment has absolute timestamps;
+  windows) that run in batches (``batch_size`` segments, and on CPU at most
+  ``batch_seconds`` of audio), so every segment has absolute timestamps;
 - SenseVoice's inline tags (language, emotion, audio events, ITN) are taken out of
   the text and kept as structured metadata;
 - CUDA out-of-memory halves the batch and tries again; a single segment that does
@@ -58,6 +62,8 @@ LANGUAGE_TAGS = frozenset({*SENSEVOICE_LANGUAGES, "nospeech", "auto"})
 TAG_RE = re.compile(r"<\|([^|<>]*)\|>")
 
 _load_lock = threading.Lock()
+# Set while FunASR builds models in this thread: new parameters go to the meta device.
+_building = threading.local()
 
 
 class ModelMismatchError(EngineError):
@@ -86,8 +92,10 @@ def split_tags(text: str) -> tuple[str, dict[str, Any]]:
 def strict_load_checkpoint(model: Any, path: str, **_: Any) -> None:
     """Load ``path`` into ``model`` or raise: every key present, every shape equal.
 
-    Memory-mapped and assigned in place, so the process holds the weights once
-    (file-backed on CPU) instead of FunASR's three copies.
+    Memory-mapped and assigned in place (``assign=True``): the model's parameters
+    become the checkpoint's tensors, so the process holds the weights once
+    (file-backed on CPU) instead of FunASR's three copies, and ``model`` may have
+    been built on the meta device.
     """
     import torch
 
@@ -125,19 +133,159 @@ def strict_load_checkpoint(model: Any, path: str, **_: Any) -> None:
             + ". FunASR would run on random weights for these; fix the config or "
             "use the checkpoint it was trained with."
         )
-    model.load_state_dict(state, strict=True, assign=True)
+    meta_params = getattr(_building, "meta_params", False)
+    _building.meta_params = False  # the loaded parameters are the real ones
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    finally:
+        _building.meta_params = meta_params
+
+
+def check_materialized(model: Any, name: str) -> None:
+    """Raise unless every parameter and buffer of ``model`` holds real data.
+
+    Parameters are built on the meta device and only a checkpoint gives them data;
+    FunASR goes on without one when ``model.pt`` is missing (it prints a line and
+    would otherwise run on random weights).
+    """
+    empty = [
+        key
+        for key, tensor in (*model.named_parameters(), *model.named_buffers())
+        if tensor.is_meta
+    ]
+    if empty:
+        raise ModelMismatchError(
+            f"{name}: {len(empty)} weights were not loaded from a checkpoint (e.g. "
+            f"{empty[0]}); is model.pt missing from the model directory?"
+        )
 
 
 @contextmanager
 def _strict_loading() -> Iterator[None]:
-    import funasr.auto.auto_model as auto_model
+    """While FunASR builds models in this thread: parameters are made on the meta
+    device and the checkpoint is loaded by :func:`strict_load_checkpoint`.
 
+    Only parameters, which a strict load replaces one and all, go to meta (what
+    ``accelerate.init_empty_weights(include_buffers=False)`` does): buffers, plain
+    tensor attributes and front-ends are built as usual. This saves building and
+    randomly initialising a full copy of the weights only to drop it (for
+    SenseVoiceSmall ~0.9 GB of RSS at load and most of the build time).
+    """
+    import funasr.auto.auto_model as auto_model
+    import torch
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    def on_meta(_module: Any, _name: str, param: Any) -> Any:
+        if param is None or param.is_meta or not getattr(_building, "meta_params", 0):
+            return None
+        return torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    handle = register_module_parameter_registration_hook(on_meta)
     original = auto_model.load_pretrained_model
     auto_model.load_pretrained_model = strict_load_checkpoint
+    _building.meta_params = True
     try:
         yield
     finally:
+        _building.meta_params = False
         auto_model.load_pretrained_model = original
+        handle.remove()
+
+
+# How FunASR's modules register their classes: @tables.register("model_classes", "X").
+_REGISTRATION_RE = re.compile(r'tables\.register\(\s*"(\w+)"\s*,\s*"([^"]+)"\s*\)')
+# Registries only training reads (a config names them too, e.g. ``dataset``).
+_TRAINING_TABLES = frozenset(
+    {
+        "dataset_classes",
+        "dataloader_classes",
+        "batch_sampler_classes",
+        "index_ds_classes",
+        "preprocessor_classes",
+    }
+)
+
+
+def _registering_modules(package_dir: Path) -> dict[tuple[str, str], set[str]]:
+    """(table, name) -> the FunASR modules whose source registers it (~30 ms)."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for source in package_dir.rglob("*.py"):
+        text = source.read_text(encoding="utf-8", errors="replace")
+        if "tables.register" not in text:
+            continue
+        parts = source.relative_to(package_dir.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for table, name in _REGISTRATION_RE.findall(text):
+            found.setdefault((table, name), set()).add(module)
+    return found
+
+
+def model_config(model_path: str) -> dict[str, Any] | None:
+    """The ``config.yaml`` of a local model directory; None for a hub name."""
+    path = Path(model_path) / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return config if isinstance(config, dict) else None
+
+
+def import_funasr(configs: Sequence[dict[str, Any] | None]) -> None:
+    """Import FunASR with the classes these model configs name registered.
+
+    ``import funasr`` imports each of its ~430 modules, for every one to register
+    its classes, and with them transformers, hydra, numba, sympy and
+    torch.distributed: for a SenseVoiceSmall worker ~120 MB of RSS (the llvmlite
+    library alone is 40 MB) and ~4 s of start-up it never uses. Here that package-wide import is skipped and only the
+    modules that register the classes a config names (found in FunASR's source) are
+    imported. A name that no module, or more than one, registers falls back to the
+    full import: there the import order decides which class wins, and it stays the
+    one FunASR itself would use. A config of None (a hub name) does the same.
+    """
+    import importlib
+    import importlib.util
+    import pkgutil
+    import sys
+
+    if "funasr" not in sys.modules:
+        walk = pkgutil.walk_packages
+        # funasr/__init__.py imports every module that pkgutil.walk_packages yields;
+        # for the moment of that import it yields none.
+        pkgutil.walk_packages = lambda *_, **__: iter(())
+        try:
+            import funasr
+        finally:
+            pkgutil.walk_packages = walk
+    import funasr
+    from funasr.register import tables
+
+    spec = importlib.util.find_spec("funasr")
+    assert spec is not None and spec.origin is not None
+    registering = _registering_modules(Path(spec.origin).parent)
+    registries = {table for table, _ in registering} - _TRAINING_TABLES
+    wanted = {
+        (f"{key}_classes", value)
+        for config in configs
+        if config is not None
+        for key, value in config.items()
+        if isinstance(value, str) and f"{key}_classes" in registries
+    }
+
+    def unregistered() -> list[tuple[str, str]]:
+        return [(t, name) for t, name in wanted if name not in getattr(tables, t, {})]
+
+    sources = [registering.get(item, set()) for item in unregistered()]
+    if None not in configs and all(len(found) == 1 for found in sources):
+        for found in sources:
+            importlib.import_module(next(iter(found)))
+        if not unregistered():
+            return
+    logger.info(
+        "funasr: importing all of FunASR for %s",
+        ", ".join(sorted(name for _, name in unregistered())) or "a hub model",
+    )
+    funasr.import_submodules("funasr")
 
 
 def resolve_model(name: str, *, setting: str, allow_download: bool) -> str:
@@ -181,14 +329,15 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
-def _release_freed_memory() -> None:
-    # The model is first built with random weights, then given the memory-mapped
-    # checkpoint; glibc keeps the freed random weights in its heap unless asked to
-    # hand them back, and they would count in the worker's RSS for its lifetime.
+def _return_freed_heap() -> None:
+    # glibc keeps what a call freed in its heap (blocks under its mmap threshold,
+    # which it raises by itself up to 32 MB once large blocks are freed): after one
+    # 60 s SenseVoiceSmall call on CPU ~200 MB, held until the next job and counted
+    # in the worker's RSS and by Celery's per-child memory limit. Trimming takes
+    # 1-8 ms. (A fixed low threshold, MALLOC_MMAP_THRESHOLD_, lowers the peak a
+    # little more but costs ~20 times the page faults: +20 % CPU time.)
     import ctypes
-    import gc
 
-    gc.collect()
     with suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -222,6 +371,7 @@ class FunASREngine:
         use_itn: bool = True,
         batch_size: int = 16,
         max_segment_seconds: float = 30.0,
+        batch_seconds: float = 0.0,
         **_: Any,
     ) -> None:
         if not model:
@@ -247,6 +397,14 @@ class FunASREngine:
             if punc_model
             else ""
         )
+        with _load_lock:
+            import_funasr(
+                [
+                    model_config(path)
+                    for path in (model_path, vad_path, punc_path)
+                    if path
+                ]
+            )
         from funasr import AutoModel
 
         torch_device = resolve_device(device)
@@ -257,6 +415,16 @@ class FunASREngine:
         self.use_itn = use_itn
         self.batch_size = max(1, batch_size)
         self.max_segment_seconds = max_segment_seconds
+        if batch_seconds <= 0 and torch_device == "cpu":
+            # On CPU a call's activations are worker RAM, and SenseVoiceSmall's CTC
+            # output alone takes ~3.4 MB per audio second (a 25k-token vocabulary,
+            # logits and log-probabilities in float32): 16 segments of 30 s would
+            # add 1.6 GB. Two 30 s segments in one call ran ~10 % faster than one
+            # after the other (more on a busy machine) for ~140 MB more; a larger
+            # batch_seconds buys that. On a GPU the batch size and the
+            # out-of-memory halving govern VRAM.
+            batch_seconds = max_segment_seconds
+        self.batch_samples = int(max(0.0, batch_seconds) * SAMPLE_RATE)
         common: dict[str, Any] = {
             "device": torch_device,
             "ncpu": threads,
@@ -277,7 +445,13 @@ class FunASREngine:
                 else None
             )
             self._punc = AutoModel(model=punc_path, **common) if punc_path else None
-        _release_freed_memory()
+        for name, auto in (
+            (model, self._model),
+            (vad_model, self._vad),
+            (punc_model, self._punc),
+        ):
+            if auto is not None:
+                check_materialized(auto.model, name)
         self.architecture = str(self._model.kwargs.get("model", ""))
         self.is_sensevoice = "SenseVoice" in self.architecture
         self._torch_device = torch_device
@@ -340,12 +514,23 @@ class FunASREngine:
             )
         return results
 
+    def _batch_end(self, pieces: list[np.ndarray], start: int) -> int:
+        """End of the batch that starts at ``start``: at most ``batch_size`` pieces
+        and, past the first, ``batch_samples`` samples (0: no limit)."""
+        end, samples = start + 1, pieces[start].shape[0]
+        while end < len(pieces) and end - start < self.batch_size:
+            samples += pieces[end].shape[0]
+            if self.batch_samples and samples > self.batch_samples:
+                break
+            end += 1
+        return end
+
     def _generate_adaptive(self, pieces: list[np.ndarray], language: str) -> list[dict]:
         """Run ``pieces``; on CUDA OOM, halve the batch (and keep it halved)."""
         results: list[dict] = []
         i = 0
         while i < len(pieces):
-            chunk = pieces[i : i + self.batch_size]
+            chunk = pieces[i : self._batch_end(pieces, i)]
             try:
                 results.extend(self._generate(chunk, language))
             except Exception as exc:
@@ -442,6 +627,8 @@ class FunASREngine:
                 refs, self._generate_adaptive(pieces, lang), strict=True
             ):
                 raw[ref] = result
+        if self._torch_device == "cpu":
+            _return_freed_heap()
         out = []
         for ci, clip_bounds in enumerate(bounds):
             segments: list[Segment] = []

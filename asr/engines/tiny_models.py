@@ -208,9 +208,12 @@ def _encoder_conf(dims: dict[str, Any]) -> dict[str, Any]:
 
 def _save_random_weights(config: dict[str, Any], model_dir: Path, seed: int) -> int:
     """Instantiate the model class FunASR would, and save its random weights."""
-    import funasr  # noqa: F401  (registers the model classes)
     import torch
     from funasr.register import tables
+
+    from asr.engines.funasr import import_funasr
+
+    import_funasr([config])  # registers the classes it names
 
     torch.manual_seed(seed)
     frontend_class = tables.frontend_classes.get(config["frontend"])

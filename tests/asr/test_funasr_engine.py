@@ -6,8 +6,11 @@ segments, timing, device, metadata and the error paths.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,119 @@ def test_segments_carry_absolute_timestamps_and_text_has_no_tags(
 def test_output_is_deterministic(engine: FunASREngine) -> None:
     clip = noise(3, seed=7)
     assert engine.transcribe(clip).text == engine.transcribe(clip).text
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from the file ``path``."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            lo, hi = fields[0].split("-")
+            ranges.append((int(lo, 16), int(hi, 16)))
+    return ranges
+
+
+def test_the_weights_are_the_mapped_checkpoint_and_give_funasrs_own_output(
+    sensevoice_dir: Path, engine: FunASREngine
+) -> None:
+    import torch
+    from funasr import AutoModel
+
+    # given the checkpoint as torch reads it
+    checkpoint = torch.load(sensevoice_dir / "model.pt", weights_only=True)
+
+    # then every weight of the engine's model is the checkpoint's, and lives in the
+    # pages of model.pt itself: no copy of the weights in the process
+    mapped = _mapped_ranges(sensevoice_dir / "model.pt")
+    assert mapped
+    weights = engine._model.model.state_dict()
+    assert weights.keys() == checkpoint.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, checkpoint[name]), name
+        if tensor.numel():
+            assert any(lo <= tensor.data_ptr() < hi for lo, hi in mapped), name
+
+    # and the engine's model transcribes as FunASR's own loader's does
+    plain = AutoModel(
+        model=str(sensevoice_dir),
+        device="cpu",
+        disable_update=True,
+        disable_pbar=True,
+        disable_log=True,
+    )
+    clip = noise(1.5, seed=5)
+    expected = plain.generate(
+        input=[clip], language="auto", use_itn=True, batch_size=1, disable_pbar=True
+    )
+    assert engine._generate([clip], "auto")[0]["text"] == expected[0]["text"]
+
+
+def test_a_worker_imports_only_the_funasr_modules_its_models_name(
+    sensevoice_dir: Path,
+) -> None:
+    # given a fresh process that loads SenseVoiceSmall, then a Paraformer, whose
+    # decoder name two FunASR modules register
+    script = (
+        "import json, sys\n"
+        "from asr.engines.funasr import FunASREngine\n"
+        "FunASREngine(model=sys.argv[1], threads=1)\n"
+        "after_sensevoice = {\n"
+        "    'transformers': 'transformers' in sys.modules,\n"
+        "    'funasr_modules': sum(m.startswith('funasr.') for m in sys.modules),\n"
+        "}\n"
+        "engine = FunASREngine(model=sys.argv[2], threads=1)\n"
+        "from funasr.register import tables\n"
+        "decoder = tables.decoder_classes['ParaformerSANMDecoder']\n"
+        "text = engine.transcribe(__import__('numpy').zeros(16000, 'float32')).text\n"
+        "print(json.dumps({**after_sensevoice, 'decoder': decoder.__module__}))\n"
+    )
+    paraformer_dir = tiny_model_dir("paraformer")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(sensevoice_dir), str(paraformer_dir)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+
+    # then SenseVoiceSmall needed a few dozen of FunASR's ~430 modules, and none of
+    # the libraries only other models use
+    assert not seen["transformers"]
+    assert seen["funasr_modules"] < 150
+    # and the ambiguous name got the class a plain `import funasr` registers
+    # (FunASR 1.4.16: the last module to register it in import order wins)
+    assert seen["decoder"] == "funasr.models.e_paraformer.decoder"
+
+
+def test_parameters_no_checkpoint_filled_are_refused() -> None:
+    import threading
+
+    import torch
+
+    from asr.engines.funasr import _strict_loading
+    from asr.engines.funasr import check_materialized
+
+    # given modules built while FunASR loads, in this thread and in another one
+    others: list[torch.nn.Module] = []
+    with _strict_loading():
+        layer = torch.nn.Linear(4, 2)
+        thread = threading.Thread(target=lambda: others.append(torch.nn.Linear(4, 2)))
+        thread.start()
+        thread.join()
+
+    # then only this thread's parameters wait on the meta device for a checkpoint
+    assert layer.weight.is_meta
+    assert not others[0].weight.is_meta
+    # and a model left without one is refused, not run
+    with pytest.raises(EngineError) as info:
+        check_materialized(layer, "SenseVoiceSmall")
+    assert info.value.code == "model_mismatch"
+    assert "not loaded from a checkpoint" in info.value.message
+    check_materialized(others[0], "SenseVoiceSmall")
 
 
 def test_a_batch_gives_one_result_per_clip_in_order(engine: FunASREngine) -> None:
@@ -183,6 +299,7 @@ def test_cuda_out_of_memory_halves_the_batch_then_is_transient(
 
     monkeypatch.setattr(engine, "_generate", generate)
     monkeypatch.setattr(engine, "batch_size", 8)
+    monkeypatch.setattr(engine, "batch_samples", 0)  # as on a GPU
 
     # when a batch of 5 segments does not fit, it is halved until it does
     result = engine.transcribe(noise(9), SR)
@@ -197,6 +314,34 @@ def test_cuda_out_of_memory_halves_the_batch_then_is_transient(
     monkeypatch.setattr(engine, "_generate", always_oom)
     with pytest.raises(EngineTransientError):
         engine.transcribe(noise(1), SR)
+
+
+def test_a_call_holds_at_most_batch_seconds_of_audio(
+    sensevoice_dir: Path, engine: FunASREngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given 2 s windows, 8 segments per call and at most 5 s of audio per call
+    bounded = FunASREngine(
+        model=str(sensevoice_dir),
+        threads=1,
+        max_segment_seconds=2,
+        batch_size=8,
+        batch_seconds=5,
+    )
+    calls: list[float] = []
+    real = bounded._generate
+
+    def generate(pieces: list[np.ndarray], language: str) -> list[dict]:
+        calls.append(sum(piece.shape[0] for piece in pieces) / SR)
+        return real(pieces, language)
+
+    monkeypatch.setattr(bounded, "_generate", generate)
+
+    # when 9 s are transcribed, then no call exceeds 5 s, and all is transcribed
+    result = bounded.transcribe(noise(9), SR)
+    assert calls == [4.0, 5.0]
+    assert len(result.meta["tags"]["segments"]) == 5
+    # and on CPU the default is one longest segment's worth per call
+    assert engine.batch_samples == 2 * SR
 
 
 def test_paraformer_runs_through_automodel() -> None:
