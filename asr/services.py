@@ -274,7 +274,8 @@ def transcription_claim(
         .first()
     )
     if row is None or row["status"] not in (Status.QUEUED, Status.RUNNING):
-        logger.info(
+        # DEBUG: with micro-batching, most jobs' own messages come to this.
+        logger.debug(
             "job %s: nothing to do (finished, cancelled or gone)", transcription_id
         )
         # This message may have led a batch whose worker died after finishing this
@@ -294,7 +295,7 @@ def transcription_claim(
         status=row["status"], task_id=row["task_id"], batch_task_id=row["batch_task_id"]
     )
     if redelivered and holder != task_id:
-        logger.info(
+        logger.debug(
             "job %s: running under task %s; this message has nothing to do",
             transcription_id,
             holder,

@@ -152,12 +152,14 @@ def transcription_representation(
 
 
 def websocket_url(request: Any, obj: Transcription) -> str:
-    """The job's WebSocket, with a signed token for clients that have no session."""
+    """The job's WebSocket: in an API answer, with a signed token for clients that
+    have no session; in what is pushed over a WebSocket (no request), the path only:
+    its receivers are already watching (and signing costs every push ~0.1 ms)."""
     from asr.realtime import ws_token_for_job
 
-    path = f"/ws/transcriptions/{obj.id}/?token={ws_token_for_job(obj)}"
     if request is None:
-        return path
+        return f"/ws/transcriptions/{obj.id}/"
+    path = f"/ws/transcriptions/{obj.id}/?token={ws_token_for_job(obj)}"
     scheme = "wss" if request.is_secure() else "ws"
     return f"{scheme}://{request.get_host()}{path}"
 
