@@ -520,6 +520,7 @@ def _finish_many(
     over) or that is no longer running keeps what it has."""
     now = timezone.now()
     done: list[tuple[Transcription, str, dict[str, Any]]] = []
+    unsure: list[Transcription] = []
     with transaction.atomic():
         for job, event, fields in outcomes:
             fields = {"finished_at": now, **fields}
@@ -527,21 +528,32 @@ def _finish_many(
                 fields["processing_seconds"] = (
                     fields["finished_at"] - job.started_at
                 ).total_seconds()
-            if Transcription.objects.filter(
+            current = Transcription.objects.filter(
                 pk=job.pk, status=Status.RUNNING, attempts=job.attempts
-            ).update(event_seq=F("event_seq") + 1, **fields):
-                for name, value in fields.items():
-                    setattr(job, name, value)
-                done.append((job, fields["status"], event))
-        if done:
+            )
+            # The attempt holds the job's sequence number as it left it (claim,
+            # progress): the next is known without reading it back, unless an event
+            # from elsewhere came in between.
+            if current.filter(event_seq=job.event_seq).update(
+                event_seq=job.event_seq + 1, **fields
+            ):
+                job.event_seq += 1
+            elif current.update(event_seq=F("event_seq") + 1, **fields):
+                unsure.append(job)
+            else:
+                continue
+            for name, value in fields.items():
+                setattr(job, name, value)
+            done.append((job, fields["status"], event))
+        if unsure:
             seqs = dict(
                 Transcription.objects.filter(
-                    pk__in=[job.pk for job, _, _ in done]
+                    pk__in=[job.pk for job in unsure]
                 ).values_list("pk", "event_seq")
             )
-            for job, _, _ in done:
+            for job in unsure:
                 job.event_seq = seqs[job.pk]
-            transcription_events_record_bulk(done)
+        transcription_events_record_bulk(done)
     return [job for job, _, _ in done]
 
 

@@ -217,3 +217,27 @@ def test_a_transient_engine_error_retries_until_the_attempt_cap_then_fails(
         2,
     )
     assert "CUDA out of memory" in job.error_message
+
+
+def test_an_event_recorded_elsewhere_mid_run_keeps_the_sequence_whole() -> None:
+    # given a claimed job, and an event recorded by someone else meanwhile
+    job = queued_job()
+    claimed = services.transcription_claim(
+        transcription_id=str(job.id), task_id="t-1", hostname="w1"
+    )
+    assert claimed is not None
+    from asr.events import transcription_event_record
+
+    transcription_event_record(transcription_id=job.id, kind="requeued")
+
+    # when the attempt finishes with the sequence number it last saw
+    services.transcription_fail(transcription=claimed, code="x", message="done")
+
+    # then the history still counts 1, 2, 3 and the job holds the last
+    job.refresh_from_db()
+    assert [(e.seq, e.kind) for e in job.events.all()] == [
+        (1, "started"),
+        (2, "requeued"),
+        (3, "failed"),
+    ]
+    assert job.event_seq == claimed.event_seq == 3
