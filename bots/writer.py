@@ -34,7 +34,6 @@ from django.db import OperationalError
 from django.db import connection
 
 from bots import services
-from bots.models import TelegramUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class NotStored(Exception):
 
 
 class _Waiting(NamedTuple):
-    row: TelegramUpdate
+    row: services.IncomingUpdate
     future: asyncio.Future[Outcome]
     loop: asyncio.AbstractEventLoop
 
@@ -66,7 +65,7 @@ _pending: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
 _owner_pid: int | None = None
 
 
-async def store(row: TelegramUpdate) -> bool:
+async def store(row: services.IncomingUpdate) -> bool:
     """Commit ``row`` with whatever else is waiting; whether it was new (``False``:
     stored before). Raises ``NotStored`` if the transaction failed."""
     _ensure_thread()
@@ -145,7 +144,7 @@ def _drop_if_broken() -> None:
         connection.close()
 
 
-def _commit(rows: list[TelegramUpdate]) -> list[Outcome]:
+def _commit(rows: list[services.IncomingUpdate]) -> list[Outcome]:
     try:
         return list(services.telegram_updates_store(updates=rows))
     except Exception as exc:

@@ -284,7 +284,7 @@ def test_a_failed_database_write_answers_503_so_that_telegram_sends_it_again(
         raise OperationalError("disk I/O error")
 
     with monkeypatch.context() as patch:
-        patch.setattr(TelegramUpdate.objects, "bulk_create", broken)
+        patch.setattr(services, "_insert_new", broken)
         response = post(body)
 
     # then Telegram is told to deliver it again, and nothing was stored or enqueued
@@ -306,18 +306,18 @@ def test_an_update_the_database_refuses_fails_alone_not_its_whole_batch(
     # given a batch of three, one of which the database refuses (PostgreSQL refuses
     # a \u0000 in a JSON string, say)
     rows = [
-        TelegramUpdate(update_id=u.new_id(), chat_id=1, payload={"n": n})
+        services.IncomingUpdate(update_id=u.new_id(), chat_id=1, payload={"n": n})
         for n in range(3)
     ]
     refused = rows[1].update_id
-    bulk_create = TelegramUpdate.objects.bulk_create
+    insert_new = services._insert_new
 
-    def picky(objs: list[TelegramUpdate], *args: Any, **kwargs: Any) -> Any:
+    def picky(objs: list[services.IncomingUpdate]) -> Any:
         if any(row.update_id == refused for row in objs):
             raise DataError("unsupported Unicode escape sequence")
-        return bulk_create(objs, *args, **kwargs)
+        return insert_new(objs)
 
-    monkeypatch.setattr(TelegramUpdate.objects, "bulk_create", picky)
+    monkeypatch.setattr(services, "_insert_new", picky)
 
     # when the writer commits them
     outcomes = writer._commit(rows)
@@ -332,34 +332,25 @@ def test_an_update_the_database_refuses_fails_alone_not_its_whole_batch(
     assert len(enqueued) == 2
 
 
-def test_an_insert_that_lost_a_race_with_another_process_is_tried_again(
-    enqueued: list, monkeypatch: pytest.MonkeyPatch
+def test_an_update_another_process_stored_meanwhile_is_a_repeat_not_an_error(
+    enqueued: list,
 ) -> None:
-    # given another web process that stores one of the batch's updates after this
-    # one's SELECT and before its INSERT (PostgreSQL; SQLite queues writers up
-    # front): the INSERT meets the unique constraint
+    # given an update that another web process stored while this one's batch
+    # formed: the INSERT meets the unique constraint, which ON CONFLICT DO NOTHING
+    # settles in the same statement (no window between a check and the write)
     theirs = TelegramUpdate.objects.create(update_id=u.new_id(), chat_id=1, payload={})
-    filter_ = TelegramUpdate.objects.filter
-    selects: list[bool] = []
-
-    def select_before_their_commit(*args: Any, **kwargs: Any) -> Any:
-        selects.append(True)
-        if len(selects) == 1:
-            return TelegramUpdate.objects.none()
-        return filter_(*args, **kwargs)
-
-    monkeypatch.setattr(TelegramUpdate.objects, "filter", select_before_their_commit)
-    ours = TelegramUpdate(update_id=u.new_id(), chat_id=1, payload={})
-    again = TelegramUpdate(update_id=theirs.update_id, chat_id=1, payload={})
+    ours = services.IncomingUpdate(update_id=u.new_id(), chat_id=1, payload={"n": 1})
+    again = services.IncomingUpdate(update_id=theirs.update_id, chat_id=1, payload={})
 
     # when the batch is stored
     stored = services.telegram_updates_store(updates=[again, ours])
 
-    # then it was tried again: theirs is a repeat, ours is stored and enqueued
+    # then theirs is a repeat, ours is stored and enqueued
     assert stored == [False, True]
-    assert len(selects) == 2
     assert TelegramUpdate.objects.count() == 2
-    assert enqueued == [("process_update", (ours.pk,))]
+    row = TelegramUpdate.objects.get(update_id=ours.update_id)
+    assert (row.payload, row.chat_id, row.status) == ({"n": 1}, 1, "received")
+    assert enqueued == [("process_update", (row.pk,))]
 
 
 # A burst, against a live web process ------------------------------------------------
