@@ -3,12 +3,13 @@ of it) and WebSocket (Channels)."""
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kikipounamu.settings")
 
 # Django must be set up before anything imports models (consumers, auth middleware).
-django_application = get_asgi_application()
+# What get_asgi_application() does, with our handler (see asgi_handler).
+django.setup(set_prefix=False)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
@@ -19,17 +20,15 @@ from django.urls import re_path  # noqa: E402
 
 from asr.routing import websocket_urlpatterns  # noqa: E402
 from bots.webhook import telegram_webhook  # noqa: E402
+from kikipounamu.asgi_handler import PooledThreadsASGIHandler  # noqa: E402
 from kikipounamu.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
-from kikipounamu.asgi_limits import ConcurrencyLimitMiddleware  # noqa: E402
 from kikipounamu.ws_origin import BrowserOriginValidator  # noqa: E402
 
 # Room for the multipart envelope and the other form fields around the file.
 _MULTIPART_OVERHEAD = 64 * 1024
 
 django_http = BodySizeLimitMiddleware(
-    ConcurrencyLimitMiddleware(
-        django_application, settings.WEB_MAX_CONCURRENT_REQUESTS
-    ),
+    PooledThreadsASGIHandler(threads=settings.WEB_MAX_CONCURRENT_REQUESTS),
     max_body_bytes=settings.ASR_MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
     describe_limit=f"{settings.ASR_MAX_UPLOAD_BYTES / 1e6:.0f} MB",
 )

@@ -8,7 +8,6 @@ without one (chunked) as soon as it passes the limit.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -97,29 +96,3 @@ class BodySizeLimitMiddleware:
         except _BodyTooLarge:
             if not started:
                 await self._respond(send, 413, too_large)
-
-
-class ConcurrencyLimitMiddleware:
-    """At most ``max_concurrent`` HTTP requests inside Django per process at once.
-
-    Under ASGI each request runs its sync part in a thread of its own, with a database
-    connection of its own, and nothing bounds how many: a burst of 200 uploads means
-    200 connections (PostgreSQL's max_connections) or 200 writers queueing on SQLite's
-    lock past its busy timeout. Requests over the limit wait here, on the event loop,
-    where waiting costs nothing but a little memory.
-    """
-
-    def __init__(self, app: ASGIApp, max_concurrent: int) -> None:
-        self.app = app
-        self.max_concurrent = max_concurrent
-        self._semaphore: asyncio.Semaphore | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.max_concurrent <= 0:
-            await self.app(scope, receive, send)
-            return
-        if self._semaphore is None:
-            # Made on first use, inside the server's event loop.
-            self._semaphore = asyncio.Semaphore(self.max_concurrent)
-        async with self._semaphore:
-            await self.app(scope, receive, send)

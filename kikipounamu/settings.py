@@ -124,17 +124,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": env.str("DATABASE_TEST_NAME", default=str(VAR_DIR / "test.sqlite3"))
     }
-else:
-    # https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
-    # 0 by default: under ASGI every request runs in its own thread with its own
-    # connection, so persistent connections pile up past max_connections.
-    # https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-
-# Seconds a Celery pool process keeps its database connection between tasks (see
-# asr.ops.celery_signals); CONN_MAX_AGE above is for web requests.
-DATABASE_WORKER_CONN_MAX_AGE = env.int("DATABASE_WORKER_CONN_MAX_AGE", default=600)
+# Persistent connections: a web process runs requests on a fixed set of threads
+# (WEB_MAX_CONCURRENT_REQUESTS, kikipounamu/asgi_handler.py) and a Celery pool
+# process runs tasks one after another, so each keeps one connection instead of
+# opening one per request or task. Checked before reuse after an error or idle time.
+# https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -181,8 +177,9 @@ if not REDIS_URL:
     )
     REDIS_URL = f"{EMBEDDED_REDIS.url}/{env.int('KIKI_REDIS_DB', default=0)}"
 
-# Requests inside Django at once, per web process (0: no limit); the rest wait in
-# the event loop. Bounds threads and database connections under bursts.
+# Requests inside Django at once, per web process: the threads that run their sync
+# code, each keeping a database connection (kikipounamu/asgi_handler.py); the rest
+# wait in the event loop. Bounds threads and database connections under bursts.
 WEB_MAX_CONCURRENT_REQUESTS = env.int("WEB_MAX_CONCURRENT_REQUESTS", default=8)
 
 # Realtime (Django Channels) ----------------------------------------------------------

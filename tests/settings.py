@@ -43,3 +43,8 @@ if _db["ENGINE"] != "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{RUN_ID}"}
 if os.environ.get("KIKI_TEST_SUBPROCESS"):
     _db["NAME"] = _db["TEST"]["NAME"]
+else:
+    # pytest's own process runs ASGI apps and consumers in threads it does not
+    # join; a connection kept there would stop PostgreSQL from dropping the test
+    # database at the end. The servers the tests start keep theirs, as in use.
+    _db["CONN_MAX_AGE"] = 0

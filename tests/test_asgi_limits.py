@@ -1,54 +1,118 @@
-"""ASGI middlewares that protect the web process: body size and concurrency."""
+"""The web process's own ASGI layers: Django's handler on a fixed set of threads."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.db import connections
+from django.http import HttpRequest
+from django.http import JsonResponse
+from django.urls import path
 
-from kikipounamu.asgi_limits import ConcurrencyLimitMiddleware
+from kikipounamu.asgi_handler import PooledThreadsASGIHandler
+
+seen: list[dict[str, Any]] = []
+_inside = 0
+_lock = threading.Lock()
 
 
-@pytest.mark.asyncio
-async def test_concurrency_limit_makes_extra_requests_wait_not_fail() -> None:
-    inside = 0
-    most = 0
+def probe(request: HttpRequest) -> JsonResponse:
+    """Records the thread and database connection a request ran on."""
+    global _inside
+    with _lock:
+        _inside += 1
+        at_once = _inside
+    connection.ensure_connection()
+    time.sleep(0.02)
+    seen.append(
+        {
+            "thread": threading.get_ident(),
+            "connection": id(connection.connection),
+            "at_once": at_once,
+        }
+    )
+    with _lock:
+        _inside -= 1
+    return JsonResponse({"ok": True})
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal inside, most
-        inside += 1
-        most = max(most, inside)
-        await asyncio.sleep(0.01)
-        inside -= 1
-        await send({"type": "http.response.start", "status": 200, "headers": []})
 
-    limited = ConcurrencyLimitMiddleware(app, max_concurrent=3)
-    sent: list[int] = []
+urlpatterns = [path("probe", probe)]
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message["status"])
+
+async def call(handler: PooledThreadsASGIHandler) -> int:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/probe",
+        "raw_path": b"/probe",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 8000),
+    }
+    done = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
+        if not done.is_set():
+            done.set()
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
 
-    await asyncio.gather(*(limited({"type": "http"}, receive, send) for _ in range(20)))
+    statuses: list[int] = []
 
-    assert most == 3
-    assert sent == [200] * 20
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await handler(scope, receive, send)
+    return statuses[0]
 
 
-@pytest.mark.asyncio
-async def test_websockets_are_not_limited() -> None:
-    seen = []
+@pytest.mark.django_db(transaction=True)
+def test_requests_share_a_few_threads_and_their_database_connections(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given Django's handler with three threads for sync code, whose connections
+    # persist (as in the servers; tests/settings.py turns that off in pytest)
+    settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["127.0.0.1"]
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 600)
+    handler = PooledThreadsASGIHandler(threads=3)
+    seen.clear()
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(scope["type"])
-        await asyncio.sleep(0.01)
+    async def burst() -> list[int]:
+        return await asyncio.gather(*(call(handler) for _ in range(30)))
 
-    limited = ConcurrencyLimitMiddleware(app, max_concurrent=1)
-    await asyncio.wait_for(
-        asyncio.gather(*(limited({"type": "websocket"}, None, None) for _ in range(5))),
-        timeout=0.04,
-    )
-    assert seen == ["websocket"] * 5
+    # when thirty requests come at once
+    try:
+        statuses = asyncio.run(burst())
+    finally:
+        handler.close()
+
+    # then all are served; at most three ran at once, on three threads, which kept
+    # their database connections from one request to the next
+    assert statuses == [200] * 30
+    assert max(s["at_once"] for s in seen) <= 3
+    assert len({s["thread"] for s in seen}) <= 3
+    assert len({s["connection"] for s in seen}) <= 3
+
+
+def test_a_handler_needs_a_thread() -> None:
+    with pytest.raises(ValueError, match="at least one thread"):
+        PooledThreadsASGIHandler(threads=0)
+
+
+def test_websockets_are_not_its_business() -> None:
+    handler = PooledThreadsASGIHandler(threads=1)
+    with pytest.raises(ValueError, match="not websocket"):
+        asyncio.run(handler({"type": "websocket"}, None, None))

@@ -31,20 +31,6 @@ def _django_logging(**_: Any) -> None:
     logging.config.dictConfig(settings.LOGGING)
 
 
-@signals.worker_process_init.connect
-def _keep_database_connection(**_: Any) -> None:
-    # A pool process runs its tasks one after another in one thread: it keeps its
-    # database connection between them (Celery's Django fix-up closes it after every
-    # task unless CONN_MAX_AGE says otherwise, and reconnecting is ~0.5 ms on SQLite,
-    # more on PostgreSQL, for every message, a batch's no-op ones included). Web
-    # requests keep CONN_MAX_AGE (0): under ASGI each runs in a thread of its own.
-    from django.conf import settings
-    from django.db import connections
-
-    for connection in connections.all(initialized_only=False):
-        connection.settings_dict["CONN_MAX_AGE"] = settings.DATABASE_WORKER_CONN_MAX_AGE
-
-
 @signals.task_prerun.connect
 def _bind_task(
     task_id: str, task: Any, args: Any = None, kwargs: Any = None, **_: Any
