@@ -21,19 +21,25 @@ from asr.worker import recycle_if_over_vram
 logger = logging.getLogger(__name__)
 
 
-@shared_task(
-    bind=True,
-    name="asr.transcribe",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    # The job row holds the outcome; a copy in the result backend would be unread.
-    ignore_result=True,
-    autoretry_for=(EngineTransientError,),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=3,
-)
+# What both engine tasks are: idempotent (they claim their work with a conditional
+# UPDATE), so acknowledged late and given back when their worker dies; retried with
+# backoff on transient engine errors, boundedly; their rows hold the outcome, so a
+# copy in the result backend would be unread.
+_ENGINE_TASK: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "autoretry_for": (EngineTransientError,),
+    "retry_backoff": 5,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    # Bounded twice: the claims also stop at ASR_MAX_ATTEMPTS.
+    "max_retries": 3,
+}
+
+
+@shared_task(name="asr.transcribe", **_ENGINE_TASK)
 def transcribe(self: Any, transcription_id: str) -> None:
     """Transcribe one job. Idempotent: a redelivered message for a finished job is a
     no-op, so acks_late is safe and a dead worker's job runs again elsewhere."""
@@ -45,19 +51,7 @@ def transcribe(self: Any, transcription_id: str) -> None:
     )
 
 
-@shared_task(
-    bind=True,
-    name="asr.transcribe_chunk",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    autoretry_for=(EngineTransientError,),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    # Bounded twice: a chunk started ASR_MAX_ATTEMPTS times fails its job instead.
-    max_retries=3,
-)
+@shared_task(name="asr.transcribe_chunk", **_ENGINE_TASK)
 def transcribe_chunk(self: Any, chunk_id: str) -> None:
     """Transcribe one chunk of a long job (asr.fanout). Idempotent: a chunk that
     succeeded, or whose job is no longer running, is a no-op; the last chunk to
