@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 
 from kikipounamu.celery import app
@@ -41,3 +42,13 @@ def broker_task_ids(queues: Iterable[str]) -> set[str]:
         if task_id:
             ids.add(task_id)
     return ids
+
+
+def held_task_ids(queues: Iterable[str] = ("asr",), *, gap: float = 0.5) -> set[str]:
+    """``broker_task_ids`` read twice, ``gap`` seconds apart: a message in flight
+    between the queue and the unacked set is in neither for an instant, and must
+    not look lost to the reconciler."""
+    queues = list(queues)
+    held = broker_task_ids(queues)
+    time.sleep(gap)
+    return held | broker_task_ids(queues)

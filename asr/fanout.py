@@ -43,6 +43,7 @@ from django.utils import timezone
 
 from asr import chunking
 from asr.audio import SAMPLE_RATE
+from asr.broker import held_task_ids
 from asr.engines import EngineError
 from asr.engines import EngineTransientError
 from asr.engines import TranscriptionResult
@@ -219,17 +220,6 @@ def transcription_fan_out_resume(*, transcription_id: str) -> bool:
     else:
         logger.info("job %s: fanned out and finished; nothing to do", transcription_id)
     return True
-
-
-def held_task_ids() -> set[str]:
-    """Task ids the broker holds for the asr queue (waiting or unacknowledged)."""
-    from asr.broker import broker_task_ids
-
-    # Two reads a moment apart: a message in flight between the queue and the
-    # unacked set is in neither for an instant, and must not look lost.
-    held = broker_task_ids(["asr"])
-    time.sleep(0.5)
-    return held | broker_task_ids(["asr"])
 
 
 def _resend_lost_chunks(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from celery import shared_task
@@ -13,7 +12,7 @@ from django.conf import settings
 
 from asr import fanout
 from asr import services
-from asr.broker import broker_task_ids
+from asr.broker import held_task_ids
 from asr.engines import EngineTransientError
 from asr.worker import get_engine
 from asr.worker import recycle_if_over_vram
@@ -67,11 +66,7 @@ def transcribe_chunk(self: Any, chunk_id: str) -> None:
 @shared_task(name="asr.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
     """Periodic (beat): re-send jobs whose broker message was lost."""
-    # Two reads a moment apart: a message in flight between the queue and the
-    # unacked set is in neither for an instant, and must not look lost.
-    held = broker_task_ids(["asr"])
-    time.sleep(0.5)
-    held |= broker_task_ids(["asr"])
+    held = held_task_ids(["asr"])
     counts = services.transcription_reconcile(broker_task_ids=held)
     counts.update(fanout.fanout_reconcile(broker_task_ids=held))
     if any(counts.values()):
