@@ -48,7 +48,6 @@ from asr.engines import EngineError
 from asr.engines import EngineTransientError
 from asr.engines import TranscriptionResult
 from asr.events import announce_progress
-from asr.events import next_event_seq
 from asr.events import transcription_event_record
 from asr.models import Transcription
 from asr.models import TranscriptionChunk
@@ -422,10 +421,12 @@ def chunk_complete(
         )
         job.meta = {**job.meta, "chunks": {"total": total, "done": done}}
         job.processed_seconds = round(processed, 3)
+        # The row is locked and read: its next sequence number is known, and goes
+        # in the same UPDATE (the merge below then finishes from it).
+        seq = job.event_seq = job.event_seq + 1
         Transcription.objects.filter(pk=job.pk).update(
-            meta=job.meta, processed_seconds=job.processed_seconds
+            meta=job.meta, processed_seconds=job.processed_seconds, event_seq=seq
         )
-        seq = next_event_seq(job.pk)
         extra = {"chunk": chunk.index, "chunks_done": done, "chunks_total": total}
         transaction.on_commit(
             lambda: announce_progress(

@@ -512,15 +512,41 @@ def _finish(job: Transcription, event: dict[str, Any], **fields: Any) -> bool:
     return bool(_finish_many([(job, event, fields)]))
 
 
-def _finish_many(
-    outcomes: list[tuple[Transcription, dict[str, Any], dict[str, Any]]],
-) -> list[Transcription]:
+# A job, the data of its outcome's event, and the fields written on its row.
+Outcome = tuple[Transcription, dict[str, Any], dict[str, Any]]
+
+
+def _update_attempt(job: Transcription, **fields: Any) -> bool:
+    """Write ``fields`` on the job's row, and take its next event sequence number,
+    if ``job``'s attempt still holds it (running, no newer attempt); whether it did.
+
+    The attempt holds the number as it left it (claim, progress): the next is known
+    without reading it back, unless an event from elsewhere came in between.
+    """
+    current = Transcription.objects.filter(
+        pk=job.pk, status=Status.RUNNING, attempts=job.attempts
+    )
+    if current.filter(event_seq=job.event_seq).update(
+        event_seq=job.event_seq + 1, **fields
+    ):
+        job.event_seq += 1
+        return True
+    if not current.update(event_seq=F("event_seq") + 1, **fields):
+        return False
+    job.event_seq = (
+        Transcription.objects.filter(pk=job.pk)
+        .values_list("event_seq", flat=True)
+        .get()
+    )
+    return True
+
+
+def _finish_many(outcomes: list[Outcome]) -> list[Transcription]:
     """Write several jobs' outcomes in one transaction (a batch's); returns the jobs
     written. A job whose attempt is no longer the latest (another worker took it
     over) or that is no longer running keeps what it has."""
     now = timezone.now()
     done: list[tuple[Transcription, str, dict[str, Any]]] = []
-    unsure: list[Transcription] = []
     with transaction.atomic():
         for job, event, fields in outcomes:
             fields = {"finished_at": now, **fields}
@@ -528,31 +554,11 @@ def _finish_many(
                 fields["processing_seconds"] = (
                     fields["finished_at"] - job.started_at
                 ).total_seconds()
-            current = Transcription.objects.filter(
-                pk=job.pk, status=Status.RUNNING, attempts=job.attempts
-            )
-            # The attempt holds the job's sequence number as it left it (claim,
-            # progress): the next is known without reading it back, unless an event
-            # from elsewhere came in between.
-            if current.filter(event_seq=job.event_seq).update(
-                event_seq=job.event_seq + 1, **fields
-            ):
-                job.event_seq += 1
-            elif current.update(event_seq=F("event_seq") + 1, **fields):
-                unsure.append(job)
-            else:
+            if not _update_attempt(job, **fields):
                 continue
             for name, value in fields.items():
                 setattr(job, name, value)
             done.append((job, fields["status"], event))
-        if unsure:
-            seqs = dict(
-                Transcription.objects.filter(
-                    pk__in=[job.pk for job in unsure]
-                ).values_list("pk", "event_seq")
-            )
-            for job in unsure:
-                job.event_seq = seqs[job.pk]
         transcription_events_record_bulk(done)
     return [job for job, _, _ in done]
 
@@ -766,13 +772,7 @@ def _process_batch(jobs: list[Transcription], engine: Any) -> None:
         )
 
 
-# A job, the data of its outcome's event, and the fields written on its row.
-Outcome = tuple[Transcription, dict[str, Any], dict[str, Any]]
-
-
-def _failure(
-    job: Transcription, code: str, message: str
-) -> tuple[Transcription, dict[str, Any], dict[str, Any]]:
+def _failure(job: Transcription, code: str, message: str) -> Outcome:
     return (
         job,
         {"code": code},
@@ -782,7 +782,7 @@ def _failure(
 
 def _transcribe_alone(
     item: tuple[Transcription, np.ndarray, float], engine: Any
-) -> tuple[Transcription, dict[str, Any], dict[str, Any]]:
+) -> Outcome:
     job, samples, decode_seconds = item
     started = time.monotonic()
     try:
@@ -802,7 +802,7 @@ def _transcribe_alone(
 
 def _transcribe_together(
     ready: list[tuple[Transcription, np.ndarray, float]], engine: Any
-) -> list[tuple[Transcription, dict[str, Any], dict[str, Any]]]:
+) -> list[Outcome]:
     started = time.monotonic()
     try:
         results = engine.transcribe_batch(
@@ -833,7 +833,7 @@ def _transcribe_together(
 
 
 def _write_outcomes(
-    outcomes: list[tuple[Transcription, dict[str, Any], dict[str, Any]]],
+    outcomes: list[Outcome],
 ) -> None:
     if not outcomes:
         return
@@ -901,22 +901,16 @@ def transcription_progress(
 ) -> None:
     """Store and announce how far a running attempt has got."""
     from asr.events import announce_progress
-    from asr.events import next_event_seq
 
     with transaction.atomic():
-        updated = Transcription.objects.filter(
-            pk=transcription.pk,
-            status=Status.RUNNING,
-            attempts=transcription.attempts,
-        ).update(
+        if not _update_attempt(
+            transcription,
             processed_seconds=round(processed_seconds, 3),
             segments=segments,
             text=" ".join(s["text"] for s in segments if s["text"]).strip(),
-        )
-        if not updated:
+        ):
             return
-        seq = next_event_seq(transcription.pk)
-        transcription.event_seq = seq
+        seq = transcription.event_seq
         transaction.on_commit(
             lambda: announce_progress(
                 transcription_id=transcription.pk,

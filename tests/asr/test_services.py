@@ -241,3 +241,32 @@ def test_an_event_recorded_elsewhere_mid_run_keeps_the_sequence_whole() -> None:
         (3, "failed"),
     ]
     assert job.event_seq == claimed.event_seq == 3
+
+
+def test_progress_stores_the_partial_transcript_under_the_next_sequence_number(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    job = queued_job()
+    claimed = services.transcription_claim(
+        transcription_id=str(job.id), task_id="t-1", hostname="w1"
+    )
+    assert claimed is not None and claimed.event_seq == 1
+    segments = [{"start": 0.0, "end": 1.0, "text": "hello"}]
+
+    with django_capture_on_commit_callbacks() as announced:
+        services.transcription_progress(
+            transcription=claimed, processed_seconds=1.0, segments=segments
+        )
+
+    job.refresh_from_db()
+    assert (job.text, job.processed_seconds, job.event_seq) == ("hello", 1.0, 2)
+    assert claimed.event_seq == 2 and len(announced) == 1
+    # a newer attempt took the job over: the old one's progress writes nothing
+    services.transcription_claim(
+        transcription_id=str(job.id), task_id="t-1", hostname="w2"
+    )
+    services.transcription_progress(
+        transcription=claimed, processed_seconds=2.0, segments=segments * 2
+    )
+    job.refresh_from_db()
+    assert (job.processed_seconds, job.attempts) == (1.0, 2)
