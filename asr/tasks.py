@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -91,6 +92,9 @@ def _preload_engine(**_: Any) -> None:
     queues = set(app.amqp.queues.consume_from or {})
     if settings.ASR_PRELOAD and "asr" in queues:
         get_engine()
+    # What the process loaded (Django, the engine's Python side) stays for its
+    # life: keep it out of the cyclic collector's full passes (see kikipounamu/asgi.py).
+    gc.freeze()
 
 
 @task_postrun.connect
