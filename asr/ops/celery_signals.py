@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from celery import signals
+from django.db import close_old_connections
 
 from asr.ops import logs
 
@@ -29,6 +30,15 @@ def _django_logging(**_: Any) -> None:
     from django.conf import settings
 
     logging.config.dictConfig(settings.LOGGING)
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _close_old_connections(**_: Any) -> None:
+    # What Django does around each request, here around each task: a connection
+    # past CONN_MAX_AGE, or one that broke, is closed; the others are kept (Celery's
+    # own fixup, which would close them all, waits for CELERY_DB_REUSE_MAX tasks).
+    close_old_connections()
 
 
 @signals.task_prerun.connect
