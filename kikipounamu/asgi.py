@@ -16,6 +16,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.urls import get_resolver  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
@@ -23,6 +24,7 @@ from asr.routing import websocket_urlpatterns  # noqa: E402
 from bots.webhook import telegram_webhook  # noqa: E402
 from kikipounamu.asgi_handler import PooledThreadsASGIHandler  # noqa: E402
 from kikipounamu.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
+from kikipounamu.celery import app as celery_app  # noqa: E402
 from kikipounamu.ws_origin import BrowserOriginValidator  # noqa: E402
 
 # Room for the multipart envelope and the other form fields around the file.
@@ -51,9 +53,16 @@ application = ProtocolTypeRouter(
     }
 )
 
-# Everything loaded so far (Django, the URL conf, DRF, the models: ~150k objects)
-# lives as long as the process. Out of the collector's sight, it no longer makes each
-# full collection walk it: those took 40-70 ms here, a stall for every request in
-# flight on this process's event loop (measured with gc.callbacks under
-# bench/telegram.py's bursts).
+# What the first requests would load otherwise: the URL conf with every view and
+# serializer behind it (Django imports it on the first request), Celery's result
+# backend and broker transport (on the first enqueue). Nothing connects here.
+get_resolver().url_patterns  # noqa: B018
+celery_app.backend  # noqa: B018
+celery_app.connection_for_write().transport  # noqa: B018
+
+# Everything loaded so far (~160k objects: Django, DRF, the views, Celery) lives as
+# long as the process. Out of the collector's sight, it no longer makes each full
+# collection walk it: those took 40-70 ms here, a stall for every request in flight
+# on this process's event loop (measured with gc.callbacks under bench/telegram.py's
+# bursts); after the freeze, 3-5 ms.
 gc.freeze()
