@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
+import warnings
 from typing import Any
 
 import pytest
+from django.core.signals import request_finished
+from django.core.signals import request_started
 from django.db import connection
 from django.db import connections
+from django.http import FileResponse
 from django.http import HttpRequest
 from django.http import JsonResponse
 from django.urls import path
@@ -41,18 +46,35 @@ def probe(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
 
-urlpatterns = [path("probe", probe)]
+STREAMED = bytes(range(256)) * 1024  # 256 KiB: several of the handler's chunks
+
+
+def stream(request: HttpRequest) -> FileResponse:
+    seen.append({"view_thread": threading.get_ident()})
+    return FileResponse(io.BytesIO(STREAMED), content_type="application/octet-stream")
+
+
+def boom(request: HttpRequest) -> JsonResponse:
+    raise RuntimeError("a bug in a view")
+
+
+urlpatterns = [path("probe", probe), path("stream", stream), path("boom", boom)]
 
 
 async def call(handler: PooledThreadsASGIHandler) -> int:
+    status, _ = await fetch(handler, "/probe")
+    return status
+
+
+async def fetch(handler: PooledThreadsASGIHandler, url: str) -> tuple[int, bytes]:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
-        "path": "/probe",
-        "raw_path": b"/probe",
+        "path": url,
+        "raw_path": url.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [(b"host", b"127.0.0.1")],
@@ -69,13 +91,16 @@ async def call(handler: PooledThreadsASGIHandler) -> int:
         return {"type": "http.disconnect"}
 
     statuses: list[int] = []
+    body: list[bytes] = []
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
+        else:
+            body.append(message.get("body", b""))
 
     await handler(scope, receive, send)
-    return statuses[0]
+    return statuses[0], b"".join(body)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -105,6 +130,52 @@ def test_requests_share_a_few_threads_and_their_database_connections(
     assert max(s["at_once"] for s in seen) <= 3
     assert len({s["thread"] for s in seen}) <= 3
     assert len({s["connection"] for s in seen}) <= 3
+
+
+def test_a_streamed_response_is_sent_whole_and_the_request_signals_fire_in_its_thread(
+    settings: Any,
+) -> None:
+    settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["127.0.0.1"]
+    handler = PooledThreadsASGIHandler(threads=1)
+    fired: list[tuple[str, int]] = []
+
+    def started(**_: Any) -> None:
+        fired.append(("started", threading.get_ident()))
+
+    def finished(**_: Any) -> None:
+        fired.append(("finished", threading.get_ident()))
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    seen.clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            status, body = asyncio.run(fetch(handler, "/stream"))
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+        handler.close()
+
+    assert status == 200
+    assert body == STREAMED
+    # Read part by part as it is sent, not whole first (Django's async path warns
+    # when it does that).
+    assert not [w for w in caught if "synchronous iterators" in str(w.message)]
+    view_thread = seen[0]["view_thread"]
+    assert fired == [("started", view_thread), ("finished", view_thread)]
+
+
+def test_a_view_that_raises_gets_a_500_not_an_exception(settings: Any) -> None:
+    settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["127.0.0.1"]
+    handler = PooledThreadsASGIHandler(threads=1)
+    try:
+        status, _ = asyncio.run(fetch(handler, "/boom"))
+    finally:
+        handler.close()
+    assert status == 500
 
 
 def test_a_handler_needs_a_thread() -> None:
