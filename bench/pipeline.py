@@ -863,13 +863,27 @@ def phase_engine(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
 # Main ----------------------------------------------------------------------------------
 
 
+def reference_loop_ms() -> float:
+    """CPU ms of a fixed pure-Python workload (JSON of small dicts), the best of
+    three: the speed of this machine right now. The same code measured an hour
+    apart here differed by 30-40 %; compare figures of different runs through it."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        for i in range(100_000):
+            json.loads(json.dumps({"id": i, "text": str(i), "seq": [i, i + 1]}))
+        best = min(best, time.process_time() - started)
+    return best * 1000
+
+
 def print_table(cfg: Config, figures: list[Figure], started: float) -> None:
     print()
     print("=" * 80)
     load1, load5, _ = os.getloadavg()
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, Python"
-        f" {platform.python_version()}, load average now {load1:.1f} / {load5:.1f}"
+        f" {platform.python_version()}, load average now {load1:.1f} / {load5:.1f};"
+        f" reference loop {reference_loop_ms():.0f} ms (lower is faster)"
     )
     print(f"database: {cfg.database}")
     print(f"redis: {cfg.redis}")
