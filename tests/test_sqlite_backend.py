@@ -169,3 +169,35 @@ def test_the_turn_ends_with_a_rollback_and_with_a_closed_connection(
     _in_thread(closed_mid_transaction)
     _in_thread(writes)
     assert _count(path) == 2
+
+
+def test_a_writer_waiting_past_the_timeout_for_its_process_turn_gets_djangos_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    handler = _handler(path, timeout=0.3)
+    holding = threading.Event()
+    done = threading.Event()
+
+    def holds_the_turn() -> None:
+        with _write(handler) as cursor:
+            cursor.execute("INSERT INTO t VALUES ('first')")
+            holding.set()
+            done.wait(20)
+        handler.close_all()
+
+    holder = threading.Thread(target=holds_the_turn)
+    holder.start()
+    try:
+        assert holding.wait(20)
+
+        def waits() -> None:
+            # django.db.OperationalError, as for a lock held by another process.
+            with pytest.raises(OperationalError, match="locked"), _write(handler):
+                pass
+
+        _in_thread(waits)
+    finally:
+        done.set()
+        holder.join(20)
+    assert _count(path) == 1

@@ -55,7 +55,10 @@ def _busy(exc: OperationalError) -> bool:
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
-    _holds_write_turn = False
+    # The lock this connection's open transaction took (the process's at the time:
+    # after a fork, a connection inherited mid-transaction releases the parent's
+    # copy, never the child's own lock).
+    _write_turn: threading.Lock | None = None
     _busy_timeout = 5.0
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
@@ -64,9 +67,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return super().get_new_connection(conn_params)
 
     def _start_transaction_under_autocommit(self) -> None:
-        if not _ProcessWriters.lock.acquire(timeout=self._busy_timeout):
-            raise sqlite3.OperationalError("database is locked")
-        self._holds_write_turn = True
+        turn = _ProcessWriters.lock
+        if not turn.acquire(timeout=self._busy_timeout):
+            # As SQLite says it, and as Django's type: callers that retry on a
+            # locked database catch django.db.OperationalError.
+            raise OperationalError("database is locked")
+        self._write_turn = turn
         try:
             self._begin()
         except BaseException:
@@ -98,9 +104,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
 
     def _end_write_turn(self) -> None:
-        if self._holds_write_turn:
-            self._holds_write_turn = False
-            _ProcessWriters.lock.release()
+        turn, self._write_turn = self._write_turn, None
+        if turn is not None:
+            turn.release()
 
     def _commit(self) -> Any:
         try:
