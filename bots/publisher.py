@@ -15,12 +15,11 @@ window this widens by the time a batch waits (milliseconds).
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import queue
-import threading
 import time
+
+from kikipounamu.process_queue import ProcessQueue
 
 logger = logging.getLogger(__name__)
 
@@ -29,29 +28,10 @@ MAX_BATCH = 100
 # At most one message per this many seconds per process while updates keep coming.
 MIN_INTERVAL = 0.01
 
-_lock = threading.Lock()
-_pending: queue.SimpleQueue[int] = queue.SimpleQueue()
-_owner_pid: int | None = None
-
 
 def submit(update_pk: int) -> None:
     """Queue a committed update for the ``bots`` queue (called after commit)."""
-    _ensure_thread()
     _pending.put(update_pk)
-
-
-def _ensure_thread() -> None:
-    global _owner_pid, _pending
-    if _owner_pid == os.getpid():
-        return
-    with _lock:
-        if _owner_pid == os.getpid():
-            return
-        # A forked child inherits no thread: start its own, with a fresh queue.
-        _pending = queue.SimpleQueue()
-        threading.Thread(target=_run, name="bots-update-publisher", daemon=True).start()
-        _owner_pid = os.getpid()
-        atexit.register(_flush)
 
 
 def _take_batch(first: int) -> list[int]:
@@ -100,3 +80,9 @@ def _flush() -> None:
         except queue.Empty:
             return
         _publish(_take_batch(first))
+
+
+# This process's publisher thread runs _run; at a clean exit, _flush.
+_pending: ProcessQueue[int] = ProcessQueue(
+    "bots-update-publisher", _run, at_exit=_flush
+)

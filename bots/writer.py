@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -34,6 +33,7 @@ from django.db import OperationalError
 from django.db import connection
 
 from bots import services
+from kikipounamu.process_queue import ProcessQueue
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,9 @@ class _Waiting(NamedTuple):
     loop: asyncio.AbstractEventLoop
 
 
-_lock = threading.Lock()
-_pending: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
-_owner_pid: int | None = None
-
-
 async def store(row: services.IncomingUpdate) -> bool:
     """Commit ``row`` with whatever else is waiting; whether it was new (``False``:
     stored before). Raises ``NotStored`` if the transaction failed."""
-    _ensure_thread()
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Outcome] = loop.create_future()
     _pending.put(_Waiting(row, future, loop))
@@ -78,27 +72,14 @@ async def store(row: services.IncomingUpdate) -> bool:
     return outcome
 
 
-def _ensure_thread() -> None:
-    global _owner_pid, _pending
-    if _owner_pid == os.getpid():
-        return
-    with _lock:
-        if _owner_pid == os.getpid():
-            return
-        # A forked child inherits no thread: start its own, with a fresh queue.
-        _pending = queue.SimpleQueue()
-        threading.Thread(target=_run, name="bots-update-writer", daemon=True).start()
-        _owner_pid = os.getpid()
-
-
 def release_connection(timeout: float = 10.0) -> bool:
     """Have the writer thread close its database connection (it opens a new one when
     the next update comes). For a test run, whose database cannot be dropped while a
     connection to it is open; True once done, or if there is no writer."""
-    if _owner_pid != os.getpid():
+    if not _pending.started:
         return True
     done = threading.Event()
-    _pending.put(done)  # type: ignore[arg-type]
+    _pending.put(done)
     return done.wait(timeout)
 
 
@@ -181,3 +162,10 @@ def _set_all(results: list[_Result]) -> None:
     for future, outcome in results:
         if not future.done():  # else the request went away meanwhile
             future.set_result(outcome)
+
+
+# This process's writer thread runs _run. Besides requests' rows, it takes the
+# event of release_connection.
+_pending: ProcessQueue[_Waiting | threading.Event] = ProcessQueue(
+    "bots-update-writer", _run
+)

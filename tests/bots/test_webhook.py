@@ -30,6 +30,7 @@ from bots.models import TelegramChat
 from bots.models import TelegramReply
 from bots.models import TelegramUpdate
 from kikipounamu.asgi import application
+from kikipounamu.process_queue import ProcessQueue
 from tests.bots import updates as u
 from tests.bots.conftest import SECRET
 from tests.bots.conftest import WEBHOOK
@@ -415,7 +416,10 @@ def test_the_publisher_sends_the_ids_that_piled_up_as_one_message(
         slow.wait(5)
 
     monkeypatch.setattr(tasks.process_updates, "delay", delay)
-    monkeypatch.setattr(publisher, "_owner_pid", None)  # a thread of its own
+    # a queue and thread of its own
+    monkeypatch.setattr(
+        publisher, "_pending", ProcessQueue("test-publisher", publisher._run)
+    )
 
     # when one update is submitted, then fifty more while it is being published
     publisher.submit(1)
