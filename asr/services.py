@@ -648,6 +648,8 @@ def _decode(job: Transcription) -> tuple[np.ndarray, float]:
         job.audio.path,
         max_seconds=settings.ASR_MAX_DURATION_SECONDS,
         timeout=settings.ASR_DECODE_TIMEOUT_SECONDS,
+        # What the upload's probe found in these bytes (empty on older rows).
+        format_name=job.audio_format or None,
     )
     return samples, time.monotonic() - started
 

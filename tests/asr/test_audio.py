@@ -44,6 +44,11 @@ def refusal(call) -> audio.AudioError:
     return caught.value
 
 
+def dominant_frequency(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * audio.SAMPLE_RATE / len(samples))
+
+
 def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
 
@@ -85,6 +90,12 @@ def test_every_accepted_format_decodes_to_16k_mono_float32(
     assert len(samples) / audio.SAMPLE_RATE == pytest.approx(expected, abs=0.1)
     assert rms(samples) == pytest.approx(rms(spoken), rel=0.25)
 
+    # and the worker, told the format the upload's probe found, decodes the same
+    told = audio.decode(
+        path, max_seconds=LIMIT, timeout=30, format_name=info.format_name
+    )
+    np.testing.assert_array_equal(told, samples)
+
 
 def test_audio_under_the_wrong_name_is_recognised_by_its_content(
     tmp_path: Path,
@@ -96,6 +107,54 @@ def test_audio_under_the_wrong_name_is_recognised_by_its_content(
     info = audio.probe(misnamed)
     assert (info.format_name, info.extension) == ("mp3", ".mp3")
     assert len(decode(misnamed)) / audio.SAMPLE_RATE == pytest.approx(2, abs=0.1)
+
+
+def test_a_stream_whose_rate_and_channels_change_midway_decodes_in_full(
+    tmp_path: Path,
+) -> None:
+    # MP3s joined end to end (as a recorder appending to a file, or `cat`, makes
+    # them) decode to frames whose rate and layout change where they meet.
+    parts = [
+        (FORMATS["mp3"], audio_files.sine(1.5)),
+        (
+            Format("mp3_stereo_44k", ".mp3", "mp3", "libmp3lame", 44_100, "stereo"),
+            audio_files.sine(2, frequency=880),
+        ),
+    ]
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(
+        b"".join(
+            audio_files.write(samples, tmp_path / f"part{i}.mp3", fmt).read_bytes()
+            for i, (fmt, samples) in enumerate(parts)
+        )
+    )
+
+    samples = decode(joined)
+
+    # every part is there, at 16 kHz (MP3 pads each part by a frame or so)
+    assert len(samples) / audio.SAMPLE_RATE == pytest.approx(3.5, abs=0.15)
+    # each part at its own pitch: the resampler after the change runs at the new rate
+    first, second = samples[: audio.SAMPLE_RATE], samples[-audio.SAMPLE_RATE :]
+    assert dominant_frequency(first) == pytest.approx(440, abs=5)
+    assert dominant_frequency(second) == pytest.approx(880, abs=5)
+
+
+def test_a_format_name_that_the_content_does_not_fit_is_refused(
+    tmp_path: Path,
+) -> None:
+    mp3 = audio_files.write(audio_files.sine(1), tmp_path / "a.mp3", FORMATS["mp3"])
+    for name in ("flac", "ogg", "mov,mp4,m4a,3gp,3g2,mj2"):
+        error = refusal(
+            lambda name=name: audio.decode(
+                mp3, max_seconds=LIMIT, timeout=30, format_name=name
+            )
+        )
+        assert error.code in (
+            audio.UNSUPPORTED_FORMAT,
+            audio.CORRUPT_AUDIO,
+            audio.EMPTY_AUDIO,
+        ), name
+        assert str(tmp_path) not in error.message
 
 
 def test_a_wav_of_unknown_length_decodes_to_its_end(tmp_path: Path) -> None:
