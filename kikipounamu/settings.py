@@ -297,6 +297,10 @@ if not 0 < ASR_FANOUT_CHUNK_SECONDS <= ASR_FANOUT_MAX_CHUNK_SECONDS:
 # Celery -------------------------------------------------------------------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
 CELERY_BROKER_URL = REDIS_URL
+# kombu's Redis transport, keeping one client per channel (see the module). Only for
+# plain redis:// URLs: rediss:// and sentinel:// keep what kombu picks for them.
+if REDIS_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "kikipounamu.broker_transport:Transport"
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
