@@ -23,6 +23,8 @@ from asr import selectors
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
 
+Kind = TranscriptionEvent.Kind
+
 logger = logging.getLogger(__name__)
 
 _WS_SALT = "asr.realtime.ws"
@@ -108,6 +110,14 @@ def publish_event(event: TranscriptionEvent, job: Transcription | None = None) -
         job = Transcription.objects.filter(pk=event.transcription_id).first()
         if job is None:
             return
+    # A job's own watchers subscribe with its id, which its submitter learns only
+    # from the answer that follows this first event: nobody can be in that group
+    # yet (and an empty group still costs a Redis round trip per submit).
+    groups = [] if event.kind == Kind.ACCEPTED else [job_group(event.transcription_id)]
+    if job.owner_id is not None:
+        groups.append(user_group(job.owner_id))
+    if not groups:
+        return
     payload = job_payload(job)
     # A later event's job must not be shown under this event's number.
     payload["seq"] = max(event.seq, job.event_seq or 0)
@@ -117,9 +127,6 @@ def publish_event(event: TranscriptionEvent, job: Transcription | None = None) -
         "seq": event.seq,
         "job": payload,
     }
-    groups = [job_group(event.transcription_id)]
-    if job.owner_id is not None:
-        groups.append(user_group(job.owner_id))
     _send_from_sync(layer, groups, message)
 
 
