@@ -35,9 +35,7 @@ class ErrorSerializer(serializers.Serializer):
 class TranscriptionSerializer(serializers.ModelSerializer):
     error = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
-    owner = serializers.CharField(
-        source="owner.get_username", default=None, read_only=True
-    )
+    owner = serializers.SerializerMethodField()
 
     class Meta:
         model = Transcription
@@ -92,6 +90,13 @@ class TranscriptionSerializer(serializers.ModelSerializer):
 
     def get_eta_seconds(self, obj: Transcription) -> int | None:
         return transcription_eta_seconds(obj)
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_owner(self, obj: Transcription) -> str | None:
+        # Not a field with source="owner.get_username": for a callable source DRF
+        # inspects its signature on every call (a tenth of a representation).
+        owner = obj.owner
+        return owner.get_username() if owner is not None else None
 
     @extend_schema_field(ErrorSerializer(allow_null=True))
     def get_error(self, obj: Transcription) -> dict[str, str] | None:
