@@ -401,7 +401,29 @@ def transcription_batch_claim(
             task_id,
             ", ".join(str(job.id) for job in members),
         )
+        _revoke_own_messages(members)
     return members
+
+
+def _revoke_own_messages(members: list[Transcription]) -> None:
+    """Have the workers drop, unrun, the messages of jobs a batch now holds.
+
+    Each would otherwise go through a worker's pool only to find nothing to do (its
+    claim sees the job running under the batch): on short clips, a good part of a
+    worker's CPU per job. One broadcast per batch. Best effort, and safe either way:
+    a message that reaches a worker before the word (or one started since) still
+    finds nothing to do, and a job that goes back to the queue gets a new task id.
+    """
+    from kikipounamu.celery import app
+
+    try:
+        app.control.revoke([job.task_id for job in members])
+    except Exception:
+        logger.warning(
+            "batch of %s: revoke of its members' messages not sent",
+            members[0].batch_task_id,
+            exc_info=True,
+        )
 
 
 def _batch_claim_once(

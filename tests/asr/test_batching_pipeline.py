@@ -92,6 +92,11 @@ def test_waiting_short_jobs_run_in_batches_each_once_and_every_message_is_acked(
     ]
     assert len(batched) >= 4, [history(job_id) for job_id in ids]
     assert left == 0, "messages left in the broker (queued or unacknowledged)"
+    # and the batched jobs' own messages were dropped unrun: the batch revoked them
+    log = worker.log()
+    for job in jobs:
+        if job["id"] in batched:
+            assert f"Discarding revoked task: asr.transcribe[{job['task_id']}]" in log
 
 
 def test_a_batch_whose_worker_is_sigkilled_finishes_every_job_exactly_once(
