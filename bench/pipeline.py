@@ -47,6 +47,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
@@ -192,6 +193,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def uvicorn_command(
+    *,
+    port: int,
+    workers: int,
+    log_level: str | None = "info",
+    extra: Iterable[str] = (),
+) -> list[str]:
+    """The web server as the benches run it: the project's ASGI app under uvicorn."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "kikipounamu.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        *(["--log-level", log_level] if log_level else []),
+        *extra,
+    ]
+
+
 class Process:
     """A child in its own process group: Ctrl-C reaches only us, and we stop it."""
 
@@ -269,21 +295,7 @@ class Stack:
         port = free_port()
         self.web = proc = Process(
             f"web-{port}",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "kikipounamu.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-                "--no-access-log",
-                "--log-level",
-                "info",
-            ],
+            uvicorn_command(port=port, workers=workers, log_level="info"),
             self._env(env),
         )
         base = f"http://127.0.0.1:{port}"

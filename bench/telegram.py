@@ -196,24 +196,12 @@ def free_port() -> int:
 def start_web(workers: int, env: dict[str, str]) -> tuple[Process, str]:
     import httpx
 
+    from bench.pipeline import uvicorn_command
+
     port = free_port()
     proc = Process(
         f"web-{RUN_ID}",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "kikipounamu.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "info",
-        ],
+        uvicorn_command(port=port, workers=workers),
         # A log line per request would cost the server CPU that we are measuring.
         {"LOG_LEVEL": "WARNING", **env},
     )

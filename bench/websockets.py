@@ -183,20 +183,7 @@ def start_web(s: pl.Stack, uvicorn_args: list[str]) -> str:
     port = pl.free_port()
     s.web = proc = pl.Process(
         f"web-{port}",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "kikipounamu.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--no-access-log",
-            *uvicorn_args,
-        ],
+        pl.uvicorn_command(port=port, workers=1, log_level=None, extra=uvicorn_args),
         {},
     )
     base = f"http://127.0.0.1:{port}"
