@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -90,6 +91,10 @@ def test_every_accepted_format_decodes_to_16k_mono_float32(
     assert len(samples) / audio.SAMPLE_RATE == pytest.approx(expected, abs=0.1)
     assert rms(samples) == pytest.approx(rms(spoken), rel=0.25)
 
+    # and the container is the one FFmpeg's own probe finds in these bytes
+    with av.open(io.BytesIO(path.read_bytes())) as container:
+        assert info.format_name == container.format.name
+
     # and the worker, told the format the upload's probe found, decodes the same
     told = audio.decode(
         path, max_seconds=LIMIT, timeout=30, format_name=info.format_name
@@ -155,6 +160,35 @@ def test_a_format_name_that_the_content_does_not_fit_is_refused(
             audio.EMPTY_AUDIO,
         ), name
         assert str(tmp_path) not in error.message
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"RIFF\x24\x08\x00\x00WAVE",
+        b"fLaC",
+        b"OggS",
+        b"\x1aE\xdf\xa3",
+        b"\x00\x00\x00\x18ftypmp42",
+    ],
+    ids=["wav", "flac", "ogg", "matroska", "mp4"],
+)
+def test_random_bytes_behind_a_containers_magic_are_refused_with_a_code(
+    head: bytes,
+) -> None:
+    # The first bytes choose the demuxer (FFmpeg's probe is skipped for them); what
+    # follows must still be a container that demuxer can read.
+    data = head + np.random.default_rng(7).bytes(16 * 1024)
+    for call in (
+        lambda: audio.probe(io.BytesIO(data)),
+        lambda: audio.decode(io.BytesIO(data), max_seconds=LIMIT, timeout=30),
+    ):
+        assert refusal(call).code in (
+            audio.UNSUPPORTED_FORMAT,
+            audio.NO_AUDIO_STREAM,
+            audio.CORRUPT_AUDIO,
+            audio.EMPTY_AUDIO,
+        )
 
 
 def test_a_wav_of_unknown_length_decodes_to_its_end(tmp_path: Path) -> None:
