@@ -410,20 +410,24 @@ def _revoke_own_messages(members: list[Transcription]) -> None:
 
     Each would otherwise go through a worker's pool only to find nothing to do (its
     claim sees the job running under the batch): on short clips, a good part of a
-    worker's CPU per job. One broadcast per batch. Best effort, and safe either way:
-    a message that reaches a worker before the word (or one started since) still
-    finds nothing to do, and a job that goes back to the queue gets a new task id.
+    worker's CPU per job. One broadcast per batch. Safe either way: a message that
+    reaches a worker before the word (or one started since) still finds nothing to
+    do, and a job that goes back to the queue gets a new task id.
     """
+    _revoke_messages(
+        [job.task_id for job in members], what=f"batch {members[0].batch_task_id}"
+    )
+
+
+def _revoke_messages(task_ids: list[str], *, what: str) -> None:
+    """Tell every worker to drop these messages unrun. Best effort: each message's
+    claim would find nothing to do anyway, revoking only spares a worker the trip."""
     from kikipounamu.celery import app
 
     try:
-        app.control.revoke([job.task_id for job in members])
+        app.control.revoke(task_ids)
     except Exception:
-        logger.warning(
-            "batch of %s: revoke of its members' messages not sent",
-            members[0].batch_task_id,
-            exc_info=True,
-        )
+        logger.warning("%s: revoke not sent", what, exc_info=True)
 
 
 def _batch_claim_once(
@@ -1012,13 +1016,7 @@ def transcription_cancel(*, transcription: Transcription) -> Transcription:
             code="not_cancellable",
             status=409,
         )
-    from kikipounamu.celery import app
-
-    # The claim would skip it anyway; revoking spares a worker the round trip.
-    try:
-        app.control.revoke(transcription.task_id)
-    except Exception:
-        logger.warning("job %s: revoke not sent", transcription.pk, exc_info=True)
+    _revoke_messages([transcription.task_id], what=f"job {transcription.pk}")
     transcription.refresh_from_db()
     return transcription
 
