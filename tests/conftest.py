@@ -16,6 +16,33 @@ from rest_framework.test import APIClient
 from tests import processes
 from tests.factories import UserFactory
 
+_STARTED_BEFORE = pytest.StashKey[int]()
+_LOGS_SHOWN = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_STARTED_BEFORE] = len(processes.STARTED)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    report = yield
+    # A failure that involves a worker or web process is explained by their logs,
+    # which are files under var/test-logs: on a CI machine only the report is kept.
+    # Shown once per test: those it started, and those of fixtures still running.
+    if report.failed and not item.stash.get(_LOGS_SHOWN, False):
+        item.stash[_LOGS_SHOWN] = True
+        before = item.stash.get(_STARTED_BEFORE, 0)
+        for i, proc in enumerate(processes.STARTED):
+            if i >= before or proc.popen.poll() is None:
+                report.sections.append(
+                    (f"end of {proc.log_path.name}", proc.log_tail())
+                )
+    return report
+
 
 def _delete_run_keys() -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)

@@ -15,6 +15,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "var" / "test-logs"
+# Every process a test started, in order: a failing test's report shows the end of
+# each one's log (tests/conftest.py), since CI keeps only the test run's output.
+STARTED: list[Process] = []
 
 
 def free_port() -> int:
@@ -52,9 +55,13 @@ class Process:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        STARTED.append(self)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40, width: int = 320) -> str:
+        return "\n".join(line[:width] for line in self.log().splitlines()[-lines:])
 
     def wait_for_log(self, needle: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
