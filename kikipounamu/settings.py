@@ -386,6 +386,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # every interval x throttle seconds.
     "unacked_restore_interval": env.int("BROKER_UNACKED_RESTORE_INTERVAL", default=10),
     "unacked_restore_throttle": env.int("BROKER_UNACKED_RESTORE_THROTTLE", default=10),
+    # A sweep holds a Redis lock so that workers do not sweep at once; a worker killed
+    # while holding it would stop every sweep until the lock expires (kombu: 300 s).
+    # Sweeps take milliseconds, and two at once are safe (each message is restored in
+    # a WATCH transaction that only one wins), so the lock need not outlive them long.
+    "unacked_mutex_expire": env.int("BROKER_UNACKED_MUTEX_EXPIRE", default=30),
 }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT
