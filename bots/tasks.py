@@ -43,6 +43,8 @@ def process_update(update_pk: int) -> None:
     name="bots.process_updates",
     autoretry_for=(OperationalError,),
     retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
     retry_kwargs={"max_retries": 5},
     **_COMMON,
 )
@@ -60,6 +62,10 @@ def process_updates(update_pks: list[int]) -> None:
     bind=True,
     name="bots.fetch_audio",
     autoretry_for=(OperationalError,),
+    # Without a back-off, Celery waits its default 3 minutes before each retry.
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
     # Both for the automatic retries and for self.retry() below.
     max_retries=5,
     retry_kwargs={"max_retries": 5},
@@ -78,6 +84,8 @@ def fetch_audio(self: Any, job_pk: int) -> None:
     name="bots.answer",
     autoretry_for=(OperationalError,),
     retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
     retry_kwargs={"max_retries": 5},
     **_COMMON,
 )
@@ -90,6 +98,9 @@ def answer(transcription_id: str) -> None:
     bind=True,
     name="bots.deliver",
     autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
     # Both for the automatic retries and for self.retry() below; past them the
     # reconciler starts a new task.
     max_retries=30,
