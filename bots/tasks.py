@@ -23,14 +23,19 @@ _COMMON: dict[str, Any] = {
     "reject_on_worker_lost": True,
     "ignore_result": True,
 }
+# Automatic retries back off 2, 4, 8 ... s with jitter, at most a minute apart
+# (without a back-off Celery waits its default 3 minutes before each).
+_BACKOFF: dict[str, Any] = {
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+}
 
 
 @shared_task(
     name="bots.process_update",
     autoretry_for=(services.RetryLater, OperationalError),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
+    **_BACKOFF,
     retry_kwargs={"max_retries": 5},
     **_COMMON,
 )
@@ -42,9 +47,7 @@ def process_update(update_pk: int) -> None:
 @shared_task(
     name="bots.process_updates",
     autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
+    **_BACKOFF,
     retry_kwargs={"max_retries": 5},
     **_COMMON,
 )
@@ -62,10 +65,7 @@ def process_updates(update_pks: list[int]) -> None:
     bind=True,
     name="bots.fetch_audio",
     autoretry_for=(OperationalError,),
-    # Without a back-off, Celery waits its default 3 minutes before each retry.
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
+    **_BACKOFF,
     # Both for the automatic retries and for self.retry() below.
     max_retries=5,
     retry_kwargs={"max_retries": 5},
@@ -83,9 +83,7 @@ def fetch_audio(self: Any, job_pk: int) -> None:
 @shared_task(
     name="bots.answer",
     autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
+    **_BACKOFF,
     retry_kwargs={"max_retries": 5},
     **_COMMON,
 )
@@ -98,9 +96,7 @@ def answer(transcription_id: str) -> None:
     bind=True,
     name="bots.deliver",
     autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
+    **_BACKOFF,
     # Both for the automatic retries and for self.retry() below; past them the
     # reconciler starts a new task.
     max_retries=30,
