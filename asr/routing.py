@@ -1,7 +1,7 @@
 from django.urls import path
 
-from asr import consumers
 from asr.ops.consumers import OpsConsumer
+from asr.realtime import consumers
 
 websocket_urlpatterns = [
     path("ws/ops/", OpsConsumer.as_asgi()),

@@ -16,6 +16,7 @@ from django.http import Http404
 
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
+from asr.ops.stats import eta_seconds
 
 Status = Transcription.Status
 
@@ -76,15 +77,11 @@ def _queued_before(created_at: Any) -> int:
 
 def transcription_eta_seconds(job: Transcription) -> int | None:
     """Seconds until a queued job should be done (None if not queued or unknown)."""
-    from asr.ops.stats import eta_seconds
-
     return eta_seconds(position=queue_position(job))
 
 
 def queue_eta_seconds(*, position: int) -> int | None:
     """The same estimate for a place in the queue, e.g. a newcomer's (length + 1)."""
-    from asr.ops.stats import eta_seconds
-
     return eta_seconds(position=position)
 
 

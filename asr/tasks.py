@@ -11,12 +11,14 @@ from celery.signals import task_postrun
 from celery.signals import worker_process_init
 from django.conf import settings
 
-from asr import fanout
 from asr import services
 from asr.broker import held_task_ids
 from asr.engines import EngineTransientError
+from asr.services import fanout
+from asr.services.retention import retention_purge
 from asr.worker import get_engine
 from asr.worker import recycle_if_over_vram
+from kikipounamu.celery import app
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def reconcile() -> dict[str, int]:
     """Periodic (beat): re-send jobs whose broker message was lost."""
     held = held_task_ids(["asr"])
     counts = services.transcription_reconcile(broker_task_ids=held)
-    counts.update(fanout.fanout_reconcile(broker_task_ids=held))
+    counts.update(services.fanout_reconcile(broker_task_ids=held))
     if any(counts.values()):
         logger.warning("reconcile: %s", counts)
     return counts
@@ -78,8 +80,6 @@ def reconcile() -> dict[str, int]:
 @shared_task(name="asr.retention", ignore_result=True)
 def retention() -> dict[str, int]:
     """Periodic (beat): delete old audio, then old finished jobs (ASR_RETENTION_*)."""
-    from asr.ops.retention import retention_purge
-
     return retention_purge()
 
 
@@ -87,8 +87,6 @@ def retention() -> dict[str, int]:
 def _preload_engine(**_: Any) -> None:
     # Load the model when the process starts so the first job does not pay for it,
     # but only in workers that consume the asr queue.
-    from kikipounamu.celery import app
-
     queues = set(app.amqp.queues.consume_from or {})
     if settings.ASR_PRELOAD and "asr" in queues:
         get_engine()
@@ -103,8 +101,6 @@ def _after_asr_task(sender: Any = None, **_: Any) -> None:
         return
     # Pushes to browsers go out in the background while a task runs; they must be
     # out before the process may be recycled.
-    from asr import realtime
-
-    realtime.flush()
+    sender.flush()
     # CUDA memory fragments over days; a process past its limit is replaced.
     recycle_if_over_vram()

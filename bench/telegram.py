@@ -17,7 +17,7 @@ Figures:
            TELEGRAM_WEBHOOK_MAX_CONNECTIONS' default). No worker runs meanwhile: the
            figures are the web process's. Then the same 200 updates three times (one
            row each) and a count of rows against updates answered 200.
-           The webhook is served by bots/webhook.py, an ASGI application that
+           The webhook is served by bots/webhook/app.py, an ASGI application that
            kikipounamu/asgi.py routes ahead of Django's HTTP handler (whose request
            machinery alone costs ~2 ms of CPU per request: 200 at once cannot be
            answered in 50 ms on two cores through it); it answers 200 once the

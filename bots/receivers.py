@@ -13,7 +13,7 @@ from django.db import transaction
 
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
-from bots import services
+from bots.services import dispatch
 
 _FINISHED = frozenset(
     {
@@ -34,4 +34,4 @@ def transcription_event_received(
     if job is not None and job.source != Transcription.Source.TELEGRAM:
         return
     transcription_id = str(event.transcription_id)
-    transaction.on_commit(lambda: services.enqueue_answer(transcription_id))
+    transaction.on_commit(lambda: dispatch.enqueue_answer(transcription_id))

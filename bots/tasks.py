@@ -52,7 +52,7 @@ def process_update(update_pk: int) -> None:
     **_COMMON,
 )
 def process_updates(update_pks: list[int]) -> None:
-    """The webhook's batch (see bots.publisher), in the order the updates came."""
+    """The webhook's batch (see bots.webhook.publisher), in the order the updates came."""
     for update_pk in update_pks:
         try:
             services.telegram_update_process(update_pk=update_pk)

@@ -21,7 +21,7 @@ from django.urls import path  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from asr.routing import websocket_urlpatterns  # noqa: E402
-from bots.webhook import telegram_webhook  # noqa: E402
+from bots.webhook.app import telegram_webhook  # noqa: E402
 from kikipounamu.asgi_handler import PooledThreadsASGIHandler  # noqa: E402
 from kikipounamu.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
 from kikipounamu.celery import app as celery_app  # noqa: E402
@@ -41,7 +41,7 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 # Served on the event loop, not by Django's HTTP handler: bursts of
-                # updates need a fraction of its cost (see bots/webhook.py). The
+                # updates need a fraction of its cost (see bots/webhook/app.py). The
                 # stubs know Django views only; URLRouter takes ASGI applications.
                 path("bots/telegram/webhook/", telegram_webhook),  # type: ignore[arg-type]
                 re_path(r"", django_http),  # type: ignore[arg-type]

@@ -1,11 +1,14 @@
 """The one Celery app, configured from Django settings (namespace CELERY_)."""
 
+import logging.config
 import os
 from typing import Any
 
 import click
 from celery import Celery
 from celery import bootsteps
+from celery import signals
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kikipounamu.settings")
 
@@ -13,8 +16,14 @@ app = Celery("kikipounamu")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# Logging through settings.LOGGING, log context per task, worker heartbeats.
-import asr.ops.celery_signals  # noqa: E402,F401
+
+@signals.setup_logging.connect
+def _django_logging(**_: Any) -> None:
+    # A receiver here stops Celery from replacing the root logger's handlers: the
+    # workers log through settings.LOGGING (JSON lines) like the web does. The
+    # apps' own worker hooks are connected when they are ready (asr.apps).
+    logging.config.dictConfig(settings.LOGGING)
+
 
 # `celery -A kikipounamu worker -Q asr --gpus 0,1`: one pool process per GPU, each
 # pinned to its own (asr.worker.pinned_device). Forked processes inherit ASR_GPUS.

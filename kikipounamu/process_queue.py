@@ -1,9 +1,9 @@
 """A queue served by one daemon thread of the process that uses it.
 
-The webhook's writer and publisher (bots/writer.py, bots/publisher.py) each hand work
-from request handlers to a thread of their own. Such a module is imported before
-the server forks its workers (or a Celery pool its processes); a forked child
-inherits the queue object but not the thread. So the thread starts on first use in
+The webhook's writer and publisher (bots/webhook/writer.py, bots/webhook/publisher.py)
+each hand work from request handlers to a thread of their own. Such a module is
+imported before the server forks its workers (or a Celery pool its processes); a
+forked child inherits the queue object but not the thread. So the thread starts on first use in
 each process, with a fresh queue: nothing the parent had queued is served twice.
 """
 

@@ -520,13 +520,13 @@ LOGGING["formatters"]["json"] = {  # type: ignore[index]
     "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
     "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
 }
-LOGGING["filters"] = {"context": {"()": "asr.ops.logs.ContextFilter"}}
+LOGGING["filters"] = {"context": {"()": "kikipounamu.logs.ContextFilter"}}
 LOGGING["handlers"]["console"]["formatter"] = (  # type: ignore[index]
     "json" if LOG_FORMAT == "json" else "plain"
 )
 LOGGING["handlers"]["console"]["filters"] = ["context"]  # type: ignore[index]
 # Lines logged while serving /api/v1/transcriptions/<id>/... carry that job id.
-MIDDLEWARE.append("asr.ops.logs.LogContextMiddleware")
+MIDDLEWARE.append("kikipounamu.logs.LogContextMiddleware")
 # uvicorn's own lines go through the same handler, so the web's output is all JSON.
 # Not through its parent "uvicorn" logger: dictConfig resets a configured logger's
 # children, which turned the access log back on under --no-access-log (a JSON line

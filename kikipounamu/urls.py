@@ -10,8 +10,6 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 from drf_spectacular.views import SpectacularSwaggerView
 
-from asr import views as asr_views
-from asr.ops import views as ops_views
 from kikipounamu import api
 
 
@@ -21,7 +19,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/upload/", permanent=False)),
-    path("upload/", asr_views.upload_page, name="upload"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
@@ -33,9 +30,8 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("healthz", healthz, name="healthz"),
-    path("readyz", ops_views.readyz, name="readyz"),
-    path("metrics", ops_views.metrics_view, name="metrics"),
-    path("ops/", ops_views.dashboard, name="ops-dashboard"),
+    # The apps' URL confs, by name: the project imports nothing from the apps.
+    path("", include("asr.urls")),
 ]
 
 

@@ -12,6 +12,7 @@ from asr.models import Transcription
 from asr.models import TranscriptionEvent
 from asr.selectors import queue_position
 from asr.selectors import transcription_eta_seconds
+from asr.ws_tokens import ws_token_for_job
 
 
 class TranscriptionCreateSerializer(serializers.Serializer):
@@ -160,8 +161,6 @@ def websocket_url(request: Any, obj: Transcription) -> str:
     """The job's WebSocket: in an API answer, with a signed token for clients that
     have no session; in what is pushed over a WebSocket (no request), the path only:
     its receivers are already watching (and signing costs every push ~0.1 ms)."""
-    from asr.realtime import ws_token_for_job
-
     if request is None:
         return f"/ws/transcriptions/{obj.id}/"
     path = f"/ws/transcriptions/{obj.id}/?token={ws_token_for_job(obj)}"

@@ -1,35 +1,27 @@
-"""Worker-side hooks: Django's logging in workers, log context per task, heartbeats.
+"""Worker-side hooks: log context per task, database connections, heartbeats.
 
-Connected when kikipounamu.celery is imported, i.e. in every worker, beat and
-Flower process, before Celery sets up its own logging.
+Connected when the asr app is ready (``AsrConfig.ready``), which Celery's Django
+fixup brings about in every worker and beat process before any task runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import logging.config
 import threading
 from typing import Any
 
 from celery import signals
+from django.conf import settings
 from django.db import close_old_connections
 
-from asr.ops import logs
+from asr.ops import redis_state
+from kikipounamu import logs
 
 logger = logging.getLogger(__name__)
 
 _task_tokens: dict[str, Any] = {}
 _heartbeat_stop = threading.Event()
-
-
-@signals.setup_logging.connect
-def _django_logging(**_: Any) -> None:
-    # A receiver here stops Celery from replacing the root logger's handlers: the
-    # workers log through settings.LOGGING (JSON lines) like the web does.
-    from django.conf import settings
-
-    logging.config.dictConfig(settings.LOGGING)
 
 
 @signals.task_prerun.connect
@@ -61,10 +53,6 @@ def _unbind_task(task_id: str, **_: Any) -> None:
 
 
 def _beat(hostname: str, queues: list[str], concurrency: int) -> None:
-    from django.conf import settings
-
-    from asr.ops import redis_state
-
     interval = settings.OPS_WORKER_HEARTBEAT_SECONDS
     while not _heartbeat_stop.is_set():
         try:
@@ -104,8 +92,6 @@ def _stop_heartbeat(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None)
     if hostname:
         try:
-            from asr.ops import redis_state
-
             redis_state.worker_gone(hostname=hostname)
         except Exception:
             logger.warning("worker heartbeat not removed", exc_info=True)

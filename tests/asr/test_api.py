@@ -267,7 +267,7 @@ def test_schema_and_swagger_ui_are_served(client: Any) -> None:
 def test_links_include_audio_retry_and_a_signed_websocket(
     api_client: APIClient, user: Any
 ) -> None:
-    from asr.realtime import ws_token_job_id
+    from asr.ws_tokens import ws_token_job_id
 
     job = make_job(user, status=Transcription.Status.QUEUED)
     links = api_client.get(f"{URL}/{job.id}").json()["links"]

@@ -21,6 +21,7 @@ from asr.engines import EngineError
 from asr.engines import Segment
 from asr.engines import TranscriptionResult
 from asr.models import Transcription
+from asr.services import dispatch
 from tests.asr.test_api import wav_bytes
 
 pytestmark = pytest.mark.django_db
@@ -42,7 +43,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Messages the services would send: (job id, task id)."""
     out: list[tuple[str, str]] = []
     monkeypatch.setattr(
-        services,
+        dispatch,
         "transcription_enqueue",
         lambda *, transcription: out.append(
             (str(transcription.id), transcription.task_id)

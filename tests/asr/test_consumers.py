@@ -13,7 +13,7 @@ from django.test import Client
 
 from asr import services
 from asr.models import Transcription
-from asr.realtime import ws_token_for_job
+from asr.ws_tokens import ws_token_for_job
 from kikipounamu.asgi import application
 from tests.asr.test_api import wav_bytes
 from tests.factories import UserFactory

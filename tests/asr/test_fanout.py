@@ -21,13 +21,14 @@ from django.db import connection
 from django.utils import timezone
 
 from asr import chunking
-from asr import fanout
 from asr import services
 from asr.engines import EngineError
 from asr.engines import EngineTransientError
 from asr.models import Transcription
 from asr.models import TranscriptionChunk
 from asr.models import TranscriptionEvent
+from asr.services import dispatch
+from asr.services import fanout
 from asr.signals import transcription_event
 from tests.asr.test_services import FakeEngine
 from tests.audio_files import sine
@@ -54,7 +55,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Chunk messages, recorded (by chunk index) instead of sent to the broker."""
     indexes: list[int] = []
     monkeypatch.setattr(
-        fanout, "chunk_enqueue", lambda *, chunk: indexes.append(chunk.index)
+        dispatch, "chunk_enqueue", lambda *, chunk: indexes.append(chunk.index)
     )
     return indexes
 
@@ -355,7 +356,7 @@ def test_reconcile_resends_lost_chunks_and_leaves_the_leader_alone(
     run_chunk(chunks[0], FakeEngine())
     leader_sent: list[str] = []
     monkeypatch.setattr(
-        services,
+        dispatch,
         "transcription_enqueue",
         lambda *, transcription: leader_sent.append(str(transcription.id)),
     )
@@ -364,7 +365,7 @@ def test_reconcile_resends_lost_chunks_and_leaves_the_leader_alone(
     # when the reconciler runs
     held = {chunks[1].task_id}
     job_counts = services.transcription_reconcile(broker_task_ids=held)
-    counts = fanout.fanout_reconcile(broker_task_ids=held)
+    counts = services.fanout_reconcile(broker_task_ids=held)
 
     # then the leader is not sent again, and only the lost pending chunks are
     assert job_counts == {"requeued": 0, "timed_out": 0}
@@ -386,7 +387,7 @@ def test_reconcile_fails_a_job_whose_running_chunk_is_past_its_deadline(
     TranscriptionChunk.objects.filter(pk=chunk.pk).update(
         status=ChunkStatus.RUNNING, attempts=1, started_at=past, deadline_at=past
     )
-    counts = fanout.fanout_reconcile(broker_task_ids=set())
+    counts = services.fanout_reconcile(broker_task_ids=set())
     job.refresh_from_db()
     assert counts["chunks_timed_out"] == 1
     assert (job.status, job.error_code) == (Status.FAILED, "timeout")
@@ -397,11 +398,11 @@ def test_reconcile_merges_a_job_whose_chunks_are_all_done(sent: list[int]) -> No
     TranscriptionChunk.objects.filter(transcription=job).update(
         status=ChunkStatus.SUCCEEDED, text="x", engine="fake", engine_seconds=1.0
     )
-    counts = fanout.fanout_reconcile(broker_task_ids=set())
+    counts = services.fanout_reconcile(broker_task_ids=set())
     job.refresh_from_db()
     assert counts["merged"] == 1
     assert job.status == Status.SUCCEEDED
-    assert fanout.fanout_reconcile(broker_task_ids=set())["merged"] == 0
+    assert services.fanout_reconcile(broker_task_ids=set())["merged"] == 0
 
 
 def test_retrying_a_failed_fanned_out_job_splits_it_afresh(sent: list[int]) -> None:

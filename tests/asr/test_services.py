@@ -18,6 +18,7 @@ from asr.engines import EngineTransientError
 from asr.engines import Segment
 from asr.engines import TranscriptionResult
 from asr.models import Transcription
+from asr.services import dispatch
 from tests.asr.test_api import wav_bytes
 
 pytestmark = pytest.mark.django_db
@@ -172,7 +173,7 @@ def test_reconcile_resends_lost_messages_and_times_out_dead_jobs(
 ) -> None:
     sent: list[str] = []
     monkeypatch.setattr(
-        services,
+        dispatch,
         "transcription_enqueue",
         lambda *, transcription: sent.append(str(transcription.id)),
     )

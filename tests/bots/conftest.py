@@ -50,7 +50,7 @@ def _webhook_writer_lets_go_of_the_database(django_db_setup: Any) -> Iterator[No
     # connection, and PostgreSQL will not drop the test database under it. (Set up
     # after the test database, so torn down before it.)
     yield
-    from bots import writer
+    from bots.webhook import writer
 
     writer.release_connection()
 
@@ -80,10 +80,11 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple]]:
     by hand, in order)."""
     calls: list[tuple[str, tuple]] = []
     monkeypatch.setattr(
-        "bots.services._enqueue", lambda name, *args: calls.append((name, args))
+        "bots.services.dispatch.enqueue", lambda name, *args: calls.append((name, args))
     )
     monkeypatch.setattr(
-        "bots.publisher.submit", lambda pk: calls.append(("process_update", (pk,)))
+        "bots.webhook.publisher.submit",
+        lambda pk: calls.append(("process_update", (pk,))),
     )
     return calls
 

@@ -17,11 +17,12 @@ from asr.engines.base import TranscriptionResult
 from asr.models import Transcription
 from asr.services import transcription_process
 from bots import services
-from bots import text as texts
 from bots.models import TelegramChat
 from bots.models import TelegramJob
 from bots.models import TelegramReply
 from bots.models import TelegramUpdate
+from bots.transport import text as texts
+from bots.webhook import intake
 from tests.bots import media
 from tests.bots import updates as u
 from tests.bots.fake_bot_api import FakeBotApi
@@ -75,7 +76,7 @@ class Runner:
             raise AssertionError(name)
 
     def receive(self, body: dict[str, Any]) -> TelegramUpdate | None:
-        return services.telegram_update_receive(payload=body)
+        return intake.telegram_update_receive(payload=body)
 
     def transcribe_all(self, text: str) -> None:
         """The ASR worker's part, for every queued job."""
@@ -104,7 +105,7 @@ def bot(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Runner:
     # ASR jobs run here, by hand: none may reach a worker of the live tests.
-    monkeypatch.setattr("asr.services.transcription_enqueue", lambda **_: None)
+    monkeypatch.setattr("asr.services.dispatch.transcription_enqueue", lambda **_: None)
     return Runner(enqueued, bot_api, tmp_path)
 
 

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from bots.text import MAX_MESSAGE_LENGTH
-from bots.text import split_message
-from bots.text import utf16_length
+from bots.transport.text import MAX_MESSAGE_LENGTH
+from bots.transport.text import split_message
+from bots.transport.text import utf16_length
 
 
 def words(n: int, seed: int = 1) -> str:
@@ -88,7 +88,7 @@ def test_a_tiny_limit_still_ends() -> None:
 
 
 def test_acknowledgement_says_the_expected_wait_when_known() -> None:
-    from bots.text import ack_text
+    from bots.transport.text import ack_text
 
     assert ack_text(1) == "Recognizing… (you are next in the queue)"
     assert ack_text(3, 45) == "Recognizing… (position 3 in the queue, about 45 s)"

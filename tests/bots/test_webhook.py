@@ -22,13 +22,14 @@ from django.conf import settings
 from django.db import DataError
 from django.db import OperationalError
 
-from bots import publisher
 from bots import services
-from bots import tasks
-from bots import writer
 from bots.models import TelegramChat
 from bots.models import TelegramReply
 from bots.models import TelegramUpdate
+from bots.webhook import intake
+from bots.webhook import publisher
+from bots.webhook import writer
+from kikipounamu import dispatch
 from kikipounamu.asgi import application
 from kikipounamu.process_queue import ProcessQueue
 from tests.bots import updates as u
@@ -285,7 +286,7 @@ def test_a_failed_database_write_answers_503_so_that_telegram_sends_it_again(
         raise OperationalError("disk I/O error")
 
     with monkeypatch.context() as patch:
-        patch.setattr(services, "_insert_new", broken)
+        patch.setattr(intake, "_insert_new", broken)
         response = post(body)
 
     # then Telegram is told to deliver it again, and nothing was stored or enqueued
@@ -307,18 +308,18 @@ def test_an_update_the_database_refuses_fails_alone_not_its_whole_batch(
     # given a batch of three, one of which the database refuses (PostgreSQL refuses
     # a \u0000 in a JSON string, say)
     rows = [
-        services.IncomingUpdate(update_id=u.new_id(), chat_id=1, payload={"n": n})
+        intake.IncomingUpdate(update_id=u.new_id(), chat_id=1, payload={"n": n})
         for n in range(3)
     ]
     refused = rows[1].update_id
-    insert_new = services._insert_new
+    insert_new = intake._insert_new
 
-    def picky(objs: list[services.IncomingUpdate]) -> Any:
+    def picky(objs: list[intake.IncomingUpdate]) -> Any:
         if any(row.update_id == refused for row in objs):
             raise DataError("unsupported Unicode escape sequence")
         return insert_new(objs)
 
-    monkeypatch.setattr(services, "_insert_new", picky)
+    monkeypatch.setattr(intake, "_insert_new", picky)
 
     # when the writer commits them
     outcomes = writer._commit(rows)
@@ -340,11 +341,11 @@ def test_an_update_another_process_stored_meanwhile_is_a_repeat_not_an_error(
     # formed: the INSERT meets the unique constraint, which ON CONFLICT DO NOTHING
     # settles in the same statement (no window between a check and the write)
     theirs = TelegramUpdate.objects.create(update_id=u.new_id(), chat_id=1, payload={})
-    ours = services.IncomingUpdate(update_id=u.new_id(), chat_id=1, payload={"n": 1})
-    again = services.IncomingUpdate(update_id=theirs.update_id, chat_id=1, payload={})
+    ours = intake.IncomingUpdate(update_id=u.new_id(), chat_id=1, payload={"n": 1})
+    again = intake.IncomingUpdate(update_id=theirs.update_id, chat_id=1, payload={})
 
     # when the batch is stored
-    stored = services.telegram_updates_store(updates=[again, ours])
+    stored = intake.telegram_updates_store(updates=[again, ours])
 
     # then theirs is a repeat, ours is stored and enqueued
     assert stored == [False, True]
@@ -411,11 +412,13 @@ def test_the_publisher_sends_the_ids_that_piled_up_as_one_message(
     sent: list[list[int]] = []
     slow = threading.Event()
 
-    def delay(batch: list[int]) -> None:
-        sent.append(list(batch))
+    def send(name: str, args: Any, **_: Any) -> bool:
+        assert name == "bots.process_updates"
+        sent.append(list(args[0]))
         slow.wait(5)
+        return True
 
-    monkeypatch.setattr(tasks.process_updates, "delay", delay)
+    monkeypatch.setattr(dispatch, "send", send)
     # a queue and thread of its own
     monkeypatch.setattr(
         publisher, "_pending", ProcessQueue("test-publisher", publisher._run)

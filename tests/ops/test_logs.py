@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 
 from asr.ops import celery_signals
-from asr.ops import logs
+from kikipounamu import logs
 
 
 def capture_json() -> tuple[logging.Logger, io.StringIO]:

@@ -10,7 +10,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from asr.models import Transcription
-from asr.ops.retention import retention_purge
+from asr.services.retention import retention_purge
 from asr.tasks import retention
 from tests.asr.test_api import make_job
 from tests.factories import UserFactory

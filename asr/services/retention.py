@@ -10,8 +10,8 @@ from django.db.models import ProtectedError
 from django.db.models import Q
 from django.utils import timezone
 
-from asr import services
 from asr.models import Transcription
+from asr.services import lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def retention_purge(
     if job_days > 0:
         for job in finished.filter(older_than(job_days)).order_by("created_at")[:BATCH]:
             try:
-                services.transcription_delete(transcription=job)
+                lifecycle.transcription_delete(transcription=job)
                 counts["jobs_deleted"] += 1
             except ProtectedError:
                 logger.warning("job %s: kept past retention, still referenced", job.pk)
@@ -52,7 +52,7 @@ def retention_purge(
             .exclude(audio="")
             .order_by("created_at")[:BATCH]
         ):
-            if services.transcription_delete_audio(transcription=job):
+            if lifecycle.transcription_delete_audio(transcription=job):
                 counts["audio_deleted"] += 1
     if any(counts.values()):
         logger.info("retention: %s", counts)

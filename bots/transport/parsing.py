@@ -10,7 +10,7 @@ from telegram import Chat
 from telegram import Message
 from telegram import Update
 
-from bots.bot_api import seconds
+from bots.transport.bot_api import seconds
 
 # Documents whose MIME type is none of audio/* but that are audio all the same.
 AUDIO_DOCUMENT_TYPES = frozenset(

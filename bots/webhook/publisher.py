@@ -19,6 +19,7 @@ import logging
 import queue
 import time
 
+from kikipounamu import dispatch
 from kikipounamu.process_queue import ProcessQueue
 
 logger = logging.getLogger(__name__)
@@ -45,16 +46,7 @@ def _take_batch(first: int) -> list[int]:
 
 
 def _publish(batch: list[int]) -> None:
-    from bots import tasks
-
-    try:
-        tasks.process_updates.delay(batch)
-    except Exception:
-        logger.warning(
-            "updates %s: enqueue failed, left for the reconciler",
-            batch,
-            exc_info=True,
-        )
+    dispatch.send("bots.process_updates", (batch,), what=f"updates {batch}")
 
 
 def _run() -> None:

@@ -6,7 +6,7 @@ burst of updates queue up on the database's write lock, each paying a transactio
 (and, under ASGI, a thread of its own for the synchronous ORM). Instead requests
 parsed on the event loop hand their rows to this process's writer thread, which
 inserts everything that piled up meanwhile in one transaction
-(``services.telegram_updates_store``), then wakes each waiting request with its
+(``intake.telegram_updates_store``), then wakes each waiting request with its
 outcome. Under no load a batch is a single update and goes at once; under a burst,
 the updates that arrive while one batch commits make the next one. Nothing waits
 for a timer.
@@ -32,7 +32,7 @@ from django.db import InterfaceError
 from django.db import OperationalError
 from django.db import connection
 
-from bots import services
+from bots.webhook import intake
 from kikipounamu.process_queue import ProcessQueue
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,12 @@ class NotStored(Exception):
 
 
 class _Waiting(NamedTuple):
-    row: services.IncomingUpdate
+    row: intake.IncomingUpdate
     future: asyncio.Future[Outcome]
     loop: asyncio.AbstractEventLoop
 
 
-async def store(row: services.IncomingUpdate) -> bool:
+async def store(row: intake.IncomingUpdate) -> bool:
     """Commit ``row`` with whatever else is waiting; whether it was new (``False``:
     stored before). Raises ``NotStored`` if the transaction failed."""
     loop = asyncio.get_running_loop()
@@ -125,9 +125,9 @@ def _drop_if_broken() -> None:
         connection.close()
 
 
-def _commit(rows: list[services.IncomingUpdate]) -> list[Outcome]:
+def _commit(rows: list[intake.IncomingUpdate]) -> list[Outcome]:
     try:
-        return list(services.telegram_updates_store(updates=rows))
+        return list(intake.telegram_updates_store(updates=rows))
     except Exception as exc:
         logger.exception("webhook: %d update(s) could not be stored", len(rows))
         if isinstance(exc, OperationalError | InterfaceError):
@@ -140,7 +140,7 @@ def _commit(rows: list[services.IncomingUpdate]) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for row in rows:
         try:
-            outcomes += services.telegram_updates_store(updates=[row])
+            outcomes += intake.telegram_updates_store(updates=[row])
         except Exception as exc:
             logger.exception("webhook: update %s could not be stored", row.update_id)
             outcomes.append(exc)

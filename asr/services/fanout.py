@@ -8,15 +8,15 @@ it there, as it reads the job's audio), creates the chunk rows in one transactio
 and sends one ``asr.transcribe_chunk`` message per chunk on commit. The job stays
 ``running``; its leader message is done.
 
-Each chunk task claims its chunk with a conditional UPDATE (a chunk that succeeded is
-never computed again), transcribes it with the process's engine, and stores its
-segments with times in the whole file. Fan-in: under a row lock on the job, the
-chunk that finds every chunk done merges them and finishes the job through the
-same path as any success, so its event, realtime push and Telegram answer happen
-once. A permanent error in any chunk fails the job; the other chunks then find
-nothing to do. ``fanout_reconcile`` (beat) re-sends chunk messages the broker lost,
-fails a job whose running chunk is past its deadline, and merges a job whose chunks
-are all done should that ever be left undone.
+Each chunk task claims its chunk like any attempt (``asr.services.attempts``: a
+chunk that succeeded is never computed again), transcribes it with the process's
+engine, and stores its segments with times in the whole file. Fan-in: under a row
+lock on the job, the chunk that finds every chunk done merges them and finishes the
+job through the same path as any success, so its event, realtime push and Telegram
+answer happen once. A permanent error in any chunk fails the job; the other chunks
+then find nothing to do. The reconciler (``asr.services.reconcile``) re-sends chunk
+messages the broker lost, fails a job whose running chunk is past its deadline, and
+merges a job whose chunks are all done should that ever be left undone.
 """
 
 from __future__ import annotations
@@ -33,18 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from asr import chunking
 from asr.audio import SAMPLE_RATE
+from asr.audio import AudioError
 from asr.broker import held_task_ids
-from asr.engines import EngineError
 from asr.engines import EngineTransientError
 from asr.engines import TranscriptionResult
 from asr.events import announce_progress
@@ -52,9 +50,9 @@ from asr.events import transcription_event_record
 from asr.models import Transcription
 from asr.models import TranscriptionChunk
 from asr.models import TranscriptionEvent
-from asr.ops.logs import log_context
-from asr.services import _finish
-from asr.services import transcription_time_limits
+from asr.services import attempts
+from asr.services import dispatch
+from kikipounamu.logs import log_context
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ Status = Transcription.Status
 ChunkStatus = TranscriptionChunk.Status
 Kind = TranscriptionEvent.Kind
 
-_PENDING = (ChunkStatus.QUEUED, ChunkStatus.RUNNING)
+PENDING = (ChunkStatus.QUEUED, ChunkStatus.RUNNING)
 
 
 class _NotOwned(Exception):
@@ -89,12 +87,9 @@ def chunk_audio_delete(*, transcription_id: Any) -> None:
     )
 
 
-def _span(chunk: TranscriptionChunk) -> str:
-    def clock(seconds: float) -> str:
-        minutes, secs = divmod(int(seconds), 60)
-        return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
-
-    return f"{clock(chunk.start)}-{clock(chunk.end)}"
+def chunk_what(chunk: TranscriptionChunk) -> str:
+    """The chunk, as the messages of ``asr.services.attempts`` name it."""
+    return attempts.part_of(chunk.start, chunk.end)
 
 
 # The leader ---------------------------------------------------------------------------
@@ -120,22 +115,9 @@ def transcription_fan_out(
         max_seconds=settings.ASR_FANOUT_MAX_CHUNK_SECONDS,
     )
     split_seconds = time.monotonic() - started
-    chunks = []
-    for index, (first, last) in enumerate(spans):
-        chunk_id = uuid.uuid4()
-        name = f"{chunk_folder(job.id)}/{chunk_id}.wav"
-        chunking.write_wav(Path(default_storage.path(name)), samples[first:last])
-        chunks.append(
-            TranscriptionChunk(
-                id=chunk_id,
-                transcription_id=job.id,
-                index=index,
-                start=first / SAMPLE_RATE,
-                end=last / SAMPLE_RATE,
-                audio=name,
-                task_id=str(uuid.uuid4()),
-            )
-        )
+    chunks = [
+        _chunk_write(job, index, samples, span) for index, span in enumerate(spans)
+    ]
     try:
         with transaction.atomic():
             owned = Transcription.objects.filter(
@@ -152,7 +134,7 @@ def transcription_fan_out(
                 raise _NotOwned
             TranscriptionChunk.objects.bulk_create(chunks)
             for chunk in chunks:
-                transaction.on_commit(partial(chunk_enqueue, chunk=chunk))
+                transaction.on_commit(partial(dispatch.chunk_enqueue, chunk=chunk))
     except (_NotOwned, IntegrityError):
         # Another attempt owns the job, or (unique index) already split it.
         for chunk in chunks:
@@ -169,24 +151,22 @@ def transcription_fan_out(
     return True
 
 
-def chunk_enqueue(*, chunk: TranscriptionChunk) -> None:
-    """Send a chunk's message; a broker outage leaves it to the reconciler."""
-    from asr.tasks import transcribe_chunk
-
-    soft, hard = transcription_time_limits(duration_hint=chunk.duration)
-    try:
-        transcribe_chunk.apply_async(
-            args=(str(chunk.id),),
-            task_id=chunk.task_id,
-            soft_time_limit=round(soft),
-            time_limit=round(hard),
-        )
-    except Exception:
-        logger.exception(
-            "job %s: chunk %d: enqueue failed, left for the reconciler",
-            chunk.transcription_id,
-            chunk.index,
-        )
+def _chunk_write(
+    job: Transcription, index: int, samples: np.ndarray, span: tuple[int, int]
+) -> TranscriptionChunk:
+    first, last = span
+    chunk_id = uuid.uuid4()
+    name = f"{chunk_folder(job.id)}/{chunk_id}.wav"
+    chunking.write_wav(Path(default_storage.path(name)), samples[first:last])
+    return TranscriptionChunk(
+        id=chunk_id,
+        transcription_id=job.id,
+        index=index,
+        start=first / SAMPLE_RATE,
+        end=last / SAMPLE_RATE,
+        audio=name,
+        task_id=str(uuid.uuid4()),
+    )
 
 
 def transcription_fan_out_resume(*, transcription_id: str) -> bool:
@@ -203,10 +183,9 @@ def transcription_fan_out_resume(*, transcription_id: str) -> bool:
     if Transcription.objects.filter(
         pk=transcription_id, status=Status.RUNNING
     ).exists():
-        held = held_task_ids()
-        resent = _resend_lost_chunks(
+        resent = chunks_resend_lost(
             transcription_id=transcription_id,
-            held=held,
+            held=held_task_ids(),
             cutoff=timezone.now(),
             reason="leader redelivered",
         )
@@ -221,15 +200,17 @@ def transcription_fan_out_resume(*, transcription_id: str) -> bool:
     return True
 
 
-def _resend_lost_chunks(
+def chunks_resend_lost(
     *, transcription_id: Any, held: set[str], cutoff: Any, reason: str
 ) -> list[int]:
+    """Send again the messages of the job's pending chunks that the broker does not
+    hold (``held``); the indexes of those sent."""
     # Read after the broker: a chunk done meanwhile shows as done here (its row is
     # written before its message is acknowledged), so it is not sent again.
     lost = [
         chunk
         for chunk in TranscriptionChunk.objects.filter(
-            transcription_id=transcription_id, status__in=_PENDING
+            transcription_id=transcription_id, status__in=PENDING
         ).order_by("index")
         if chunk.task_id not in held
         # A message may still be on its way: sent on commit, or just claimed.
@@ -242,7 +223,7 @@ def _resend_lost_chunks(
             data={"reason": reason, "chunks": [chunk.index for chunk in lost]},
         )
         for chunk in lost:
-            chunk_enqueue(chunk=chunk)
+            dispatch.chunk_enqueue(chunk=chunk)
     return [chunk.index for chunk in lost]
 
 
@@ -271,7 +252,7 @@ def chunk_process(*, chunk_id: str, task_id: str, hostname: str, engine: Any) ->
             "job %s: chunk %d (%s) claimed by %s (attempt %d, task %s)",
             job_id,
             chunk.index,
-            _span(chunk),
+            chunk_what(chunk),
             hostname,
             chunk.attempts,
             task_id,
@@ -288,77 +269,54 @@ def chunk_claim(*, chunk_id: str, hostname: str) -> TranscriptionChunk | None:
     """
     now = timezone.now()
     claimable = TranscriptionChunk.objects.filter(
-        pk=chunk_id, status__in=_PENDING, transcription__status=Status.RUNNING
+        pk=chunk_id, status__in=PENDING, transcription__status=Status.RUNNING
     )
     chunk = claimable.first()
     if chunk is None:
         logger.info("chunk %s: nothing to do (done, or its job finished)", chunk_id)
         return None
-    _, hard = transcription_time_limits(duration_hint=chunk.duration)
-    updated = claimable.filter(attempts__lt=settings.ASR_MAX_ATTEMPTS).update(
-        status=ChunkStatus.RUNNING,
-        attempts=F("attempts") + 1,
-        started_at=now,
+    _, hard = dispatch.transcription_time_limits(duration_hint=chunk.duration)
+    if not attempts.attempt_claim(
+        claimable,
+        hostname=hostname,
+        now=now,
         deadline_at=now + timedelta(seconds=hard),
-        worker_hostname=hostname[:255],
         worker_pid=os.getpid(),
-    )
-    if not updated:
-        _fail_job(
-            chunk=chunk,
-            code="worker_lost",
-            message=(
-                f"The worker stopped while transcribing part of this audio "
-                f"({_span(chunk)}) {settings.ASR_MAX_ATTEMPTS} times, so it was not "
-                "tried again. The file may crash the model; try converting it to WAV "
-                "or FLAC."
-            ),
-        )
+    ):
+        chunk_fail(chunk=chunk, failure=attempts.worker_lost(what=chunk_what(chunk)))
         return None
     return TranscriptionChunk.objects.select_related("transcription").get(pk=chunk_id)
 
 
-def _chunk_run(chunk: TranscriptionChunk, engine: Any) -> None:
+def _chunk_samples(chunk: TranscriptionChunk) -> tuple[np.ndarray, int]:
     try:
-        samples, rate = chunking.read_wav(Path(default_storage.path(chunk.audio)))
+        return chunking.read_wav(Path(default_storage.path(chunk.audio)))
     except FileNotFoundError:
-        _fail_job(
-            chunk=chunk,
-            code="audio_missing",
-            message="Part of this job's audio is no longer stored; retry the job.",
-        )
-        return
-    started = time.monotonic()
+        failure = attempts.audio_missing(what=chunk_what(chunk))
+        raise AudioError(failure.code, failure.message) from None
+
+
+def _chunk_run(chunk: TranscriptionChunk, engine: Any) -> None:
+    what = chunk_what(chunk)
     try:
+        samples, rate = _chunk_samples(chunk)
+        started = time.monotonic()
         result: TranscriptionResult = engine.transcribe(
             samples, rate, chunk.transcription.language or None
         )
-    except EngineError as exc:
-        _fail_job(chunk=chunk, code=exc.code, message=exc.message)
-        return
-    except SoftTimeLimitExceeded:
-        _fail_job(
-            chunk=chunk,
-            code="timeout",
-            message=f"Transcribing part of this audio ({_span(chunk)}) took longer "
-            "than its time limit.",
-        )
+        engine_seconds = time.monotonic() - started
+    except attempts.PERMANENT_ERRORS as exc:
+        chunk_fail(chunk=chunk, failure=attempts.failure_of(exc, what=what))
         return
     except EngineTransientError as exc:
-        if chunk.attempts < settings.ASR_MAX_ATTEMPTS:
-            raise
-        _fail_job(
-            chunk=chunk,
-            code="engine_unavailable",
-            message=f"The recognition engine failed {chunk.attempts} times on part "
-            f"of this audio ({_span(chunk)}): {exc}. Try again later.",
-        )
+        failure = attempts.transient_failure(exc, attempts=chunk.attempts, what=what)
+        chunk_fail(chunk=chunk, failure=failure)
         return
     chunk_complete(
         chunk=chunk,
         result=result,
         engine=engine,
-        engine_seconds=time.monotonic() - started,
+        engine_seconds=engine_seconds,
     )
 
 
@@ -407,35 +365,7 @@ def chunk_complete(
                 chunk.index,
             )
             return
-        rows = list(
-            TranscriptionChunk.objects.filter(transcription_id=job.pk).values_list(
-                "status", "start", "end"
-            )
-        )
-        total = len(rows)
-        done = sum(status == ChunkStatus.SUCCEEDED for status, _, _ in rows)
-        processed = sum(
-            end - start
-            for status, start, end in rows
-            if status == ChunkStatus.SUCCEEDED
-        )
-        job.meta = {**job.meta, "chunks": {"total": total, "done": done}}
-        job.processed_seconds = round(processed, 3)
-        # The row is locked and read: its next sequence number is known, and goes
-        # in the same UPDATE (the merge below then finishes from it).
-        seq = job.event_seq = job.event_seq + 1
-        Transcription.objects.filter(pk=job.pk).update(
-            meta=job.meta, processed_seconds=job.processed_seconds, event_seq=seq
-        )
-        extra = {"chunk": chunk.index, "chunks_done": done, "chunks_total": total}
-        transaction.on_commit(
-            lambda: announce_progress(
-                transcription_id=job.pk,
-                seq=seq,
-                processed_seconds=processed,
-                extra=extra,
-            )
-        )
+        done, total = _progress(job, chunk)
         logger.info(
             "job %s: chunk %d done in %.2f s (%d of %d)",
             job.pk,
@@ -448,13 +378,42 @@ def chunk_complete(
             _merge(job)
 
 
+def _progress(job: Transcription, chunk: TranscriptionChunk) -> tuple[int, int]:
+    """Count the job's chunks done, store and announce it (caller holds the job's
+    row lock); (done, total)."""
+    rows = list(
+        TranscriptionChunk.objects.filter(transcription_id=job.pk).values_list(
+            "status", "start", "end"
+        )
+    )
+    total = len(rows)
+    done = sum(status == ChunkStatus.SUCCEEDED for status, _, _ in rows)
+    processed = sum(
+        end - start for status, start, end in rows if status == ChunkStatus.SUCCEEDED
+    )
+    job.meta = {**job.meta, "chunks": {"total": total, "done": done}}
+    job.processed_seconds = round(processed, 3)
+    # The row is locked and read: its next sequence number is known, and goes in
+    # the same UPDATE (the merge then finishes from it).
+    seq = job.event_seq = job.event_seq + 1
+    Transcription.objects.filter(pk=job.pk).update(
+        meta=job.meta, processed_seconds=job.processed_seconds, event_seq=seq
+    )
+    extra = {"chunk": chunk.index, "chunks_done": done, "chunks_total": total}
+    transaction.on_commit(
+        lambda: announce_progress(
+            transcription_id=job.pk, seq=seq, processed_seconds=processed, extra=extra
+        )
+    )
+    return done, total
+
+
 def _merge(job: Transcription) -> bool:
     """Finish a job whose chunks all succeeded (caller holds the job's row lock)."""
     chunks = list(
         TranscriptionChunk.objects.filter(transcription=job).order_by("index")
     )
     duration = job.duration or chunks[-1].end
-    engine_seconds = sum(chunk.engine_seconds or 0.0 for chunk in chunks)
     spoken: dict[str, float] = {}
     for chunk in chunks:
         if chunk.language:
@@ -464,44 +423,29 @@ def _merge(job: Transcription) -> bool:
         return Counter(getattr(chunk, field) for chunk in chunks).most_common(1)[0][0]
 
     devices = ",".join(sorted({chunk.device for chunk in chunks if chunk.device}))
-    done = _finish(
+    outcome = attempts.succeeded(
         job,
-        {
-            "duration": round(duration, 3),
-            "engine_seconds": round(engine_seconds, 4),
-            "chunks": len(chunks),
-        },
-        status=Status.SUCCEEDED,
         text=" ".join(chunk.text for chunk in chunks if chunk.text).strip(),
         segments=[segment for chunk in chunks for segment in chunk.segments],
+        language=max(spoken, key=spoken.__getitem__) if spoken else "",
         meta={
             **job.meta,
             "chunks": {"total": len(chunks), "done": len(chunks)},
             # Which worker processes (and model loads) ran it.
             "worker_pids": sorted({c.worker_pid for c in chunks if c.worker_pid}),
         },
-        detected_language=max(spoken, key=spoken.__getitem__) if spoken else "",
-        duration=round(duration, 3),
+        duration=duration,
         engine=most_common("engine"),
         model=most_common("model"),
         device=devices if len(devices) <= 32 else "mixed",
         # The compute the audio cost, all chunks together (the RTF of one job run
         # whole would be the same); processing_seconds is the wall time.
-        engine_seconds=round(engine_seconds, 4),
-        real_time_factor=round(engine_seconds / duration, 4) if duration else None,
-        processed_seconds=round(duration, 3),
-        error_code="",
-        error_message="",
+        engine_seconds=sum(chunk.engine_seconds or 0.0 for chunk in chunks),
     )
+    outcome[1]["chunks"] = len(chunks)
+    done = attempts.attempt_finish(outcome)
     if done:
         transaction.on_commit(partial(chunk_audio_delete, transcription_id=job.pk))
-        logger.info(
-            "job %s succeeded: %.1f s of audio in %d chunks (engine %.2f s)",
-            job.pk,
-            duration,
-            len(chunks),
-            engine_seconds,
-        )
     return done
 
 
@@ -521,7 +465,7 @@ def transcription_merge_if_done(*, transcription_id: Any) -> bool:
         return _merge(job)
 
 
-def _fail_job(*, chunk: TranscriptionChunk, code: str, message: str) -> bool:
+def chunk_fail(*, chunk: TranscriptionChunk, failure: attempts.Failure) -> bool:
     """Fail a fanned-out job because of one chunk; its other chunks become no-ops."""
     with transaction.atomic():
         job = (
@@ -530,27 +474,17 @@ def _fail_job(*, chunk: TranscriptionChunk, code: str, message: str) -> bool:
             .first()
         )
         # The chunk's own record, even when another chunk failed the job first.
-        TranscriptionChunk.objects.filter(pk=chunk.pk, status__in=_PENDING).update(
+        TranscriptionChunk.objects.filter(pk=chunk.pk, status__in=PENDING).update(
             status=ChunkStatus.FAILED,
-            error_code=code,
-            error_message=message,
+            error_code=failure.code,
+            error_message=failure.message,
             finished_at=timezone.now(),
         )
         if job is None:
             return False
-        done = _finish(
-            job,
-            {"code": code, "chunk": chunk.index},
-            status=Status.FAILED,
-            error_code=code,
-            error_message=message,
-        )
+        done = attempts.attempt_finish(attempts.failed(job, failure, chunk=chunk.index))
         if done:
             transaction.on_commit(partial(chunk_audio_delete, transcription_id=job.pk))
-    if done:
-        logger.info(
-            "job %s failed in chunk %d: %s: %s", job.pk, chunk.index, code, message
-        )
     return done
 
 
@@ -560,56 +494,3 @@ def transcription_chunks_discard(*, transcription_id: Any) -> None:
         transaction.on_commit(
             partial(chunk_audio_delete, transcription_id=transcription_id)
         )
-
-
-# The reconciler -----------------------------------------------------------------------
-
-
-def fanout_reconcile(
-    *, broker_task_ids: set[str], min_age: float = 30.0
-) -> dict[str, int]:
-    """Fanned-out jobs, for the periodic reconciler (the job's own path skips them).
-
-    A pending chunk whose task id the broker does not hold has no message that would
-    run it (Redis lost its data, an enqueue failed): its message is sent again. A
-    running one past its deadline timed out: the job fails ``timeout``. A job whose
-    chunks all succeeded is merged.
-    """
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=min_age)
-    counts = {"chunks_requeued": 0, "chunks_timed_out": 0, "merged": 0}
-    jobs = (
-        Transcription.objects.filter(status=Status.RUNNING, chunks__isnull=False)
-        .values_list("pk", flat=True)
-        .distinct()
-    )
-    for job_id in list(jobs):
-        chunks = list(TranscriptionChunk.objects.filter(transcription_id=job_id))
-        if all(chunk.status == ChunkStatus.SUCCEEDED for chunk in chunks):
-            counts["merged"] += transcription_merge_if_done(transcription_id=job_id)
-            continue
-        overdue = [
-            chunk
-            for chunk in chunks
-            if chunk.status == ChunkStatus.RUNNING
-            and chunk.task_id not in broker_task_ids
-            and chunk.deadline_at is not None
-            and chunk.deadline_at < now
-        ]
-        if overdue:
-            counts["chunks_timed_out"] += _fail_job(
-                chunk=overdue[0],
-                code="timeout",
-                message=f"Transcribing part of this audio ({_span(overdue[0])}) took "
-                "longer than its time limit and was stopped.",
-            )
-            continue
-        counts["chunks_requeued"] += len(
-            _resend_lost_chunks(
-                transcription_id=job_id,
-                held=broker_task_ids,
-                cutoff=cutoff,
-                reason="message lost",
-            )
-        )
-    return counts

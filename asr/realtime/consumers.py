@@ -1,4 +1,5 @@
-"""WebSocket consumers: thin; who may watch and what they get is in asr.realtime."""
+"""WebSocket consumers of jobs: thin; who may watch and what they get is in
+``asr.realtime.jobs``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from asr import realtime
+from asr.realtime import jobs
+from asr.ws_tokens import token_allows_job
 
 # Close codes (4000-4999 are the application's): a client must not retry these.
 FORBIDDEN = 4403
@@ -64,9 +66,9 @@ class JobConsumer(_HeartbeatMixin):
         # A valid signed token needs no database read here: a job that is gone is
         # found by the snapshot below (NOT_FOUND). One thread hop, and one SQLite
         # connection opened, fewer per connection (a reconnect storm is made of them).
-        allowed = realtime.token_allows_job(
+        allowed = token_allows_job(
             token=token, transcription_id=job_id
-        ) or await database_sync_to_async(realtime.can_watch_job)(
+        ) or await database_sync_to_async(jobs.can_watch_job)(
             user=self.scope.get("user"), token=None, transcription_id=job_id
         )
         if not allowed:
@@ -74,9 +76,9 @@ class JobConsumer(_HeartbeatMixin):
             return
         # Join before reading the snapshot, so no event falls between the two; the
         # client drops events whose seq is not newer than the snapshot's.
-        await self.join(realtime.job_group(job_id))
+        await self.join(jobs.job_group(job_id))
         await self.accept()
-        snapshot = await database_sync_to_async(realtime.job_snapshot)(job_id)
+        snapshot = await database_sync_to_async(jobs.job_snapshot)(job_id)
         if snapshot is None:
             await self.close(code=NOT_FOUND)
             return
@@ -92,8 +94,8 @@ class FeedConsumer(_HeartbeatMixin):
         if user is None or not user.is_authenticated:
             await self.close(code=FORBIDDEN)
             return
-        await self.join(realtime.user_group(user.pk))
+        await self.join(jobs.user_group(user.pk))
         await self.accept()
-        jobs = await database_sync_to_async(realtime.feed_snapshot)(user)
-        await self.send_json({"type": "snapshot", "jobs": jobs})
+        feed = await database_sync_to_async(jobs.feed_snapshot)(user)
+        await self.send_json({"type": "snapshot", "jobs": feed})
         self.start_heartbeat()

@@ -6,9 +6,9 @@ Django's HTTP handler each request costs a thread hop, the middleware and the re
 machinery: about 2 ms of CPU before the view runs, so a burst of 200 updates on two
 cores takes hundreds of milliseconds whatever the view does. This application does
 only what the webhook needs, on the event loop: check the secret, read the body
-(under a limit sized for updates), parse it (``services.telegram_update_read``), and
+(under a limit sized for updates), parse it (``intake.telegram_update_read``), and
 wait for the process's writer thread to commit the row together with the others that
-arrived meanwhile (``bots.writer``). It answers 200 only once the row is committed:
+arrived meanwhile (``bots.webhook.writer``). It answers 200 only once the row is committed:
 Telegram does not send an update again after a 200.
 
 ``kikipounamu/asgi.py`` routes the path here with Channels' ``URLRouter``; everything
@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import logging
 
-from bots import services
-from bots import writer
+from bots.webhook import intake
+from bots.webhook import writer
 from kikipounamu.asgi_limits import BodySizeLimitMiddleware
 from kikipounamu.asgi_limits import Receive
 from kikipounamu.asgi_limits import Scope
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 # characters, and the replied-to message is nested once): a megabyte is generous,
 # and keeps a caller with the secret from making us read the upload limit's 100 MB.
 MAX_BODY_BYTES = 1024 * 1024
-_SECRET_HEADER = services.SECRET_HEADER.lower().encode()
+_SECRET_HEADER = intake.SECRET_HEADER.lower().encode()
 _JSON = (b"content-type", b"application/json")
 
 
@@ -91,7 +91,7 @@ async def _serve(scope: Scope, receive: Receive, send: Send) -> None:
         if name == _SECRET_HEADER:
             token = value.decode("latin-1")
             break
-    if not services.webhook_secret_valid(token=token):
+    if not intake.webhook_secret_valid(token=token):
         logger.warning("telegram webhook: call without the right secret token refused")
         await _error(send, 403, "forbidden", "Wrong or missing secret token.")
         return
@@ -99,7 +99,7 @@ async def _serve(scope: Scope, receive: Receive, send: Send) -> None:
     if body is None:
         return
     try:
-        row = services.telegram_update_read(body=body)
+        row = intake.telegram_update_read(body=body)
     except ApplicationError as exc:
         await _error(send, exc.status_code, exc.code, exc.message)
         return

@@ -1,0 +1,275 @@
+"""Which message runs a job: claiming it, micro-batching short jobs under one
+message, and giving a dead batch's jobs back to the queue."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from asr.events import transcription_event_record
+from asr.events import transcription_events_record_bulk
+from asr.models import Transcription
+from asr.models import TranscriptionEvent
+from asr.services import attempts
+from asr.services import dispatch
+from asr.services import fanout
+
+logger = logging.getLogger(__name__)
+
+Status = Transcription.Status
+Kind = TranscriptionEvent.Kind
+
+
+def holder_task_id(*, status: str, task_id: str, batch_task_id: str) -> str | None:
+    """The task id of the message that holds a job: while it waits, its own; while
+    it runs, the message it runs under (its own, or a batch's)."""
+    if status == Status.QUEUED:
+        return task_id
+    if status == Status.RUNNING:
+        return batch_task_id or task_id
+    return None
+
+
+def transcription_claim(
+    *, transcription_id: str, task_id: str, hostname: str
+) -> Transcription | None:
+    """Take the job for this worker, or ``None`` if there is nothing to do.
+
+    A conditional UPDATE decides: a job already finished (a redelivered message) or
+    one whose workers died too often is not run again. A running job may be claimed
+    by the message that holds it (its own, or the batch's it runs in): that message
+    is only redelivered once the worker that held it is gone (the broker's visibility
+    timeout is longer than any task's hard limit). Any other message for a running
+    job (its own, while a batch runs it) does nothing.
+    """
+    row = (
+        Transcription.objects.filter(pk=transcription_id)
+        .values("status", "duration_hint", "task_id", "batch_task_id")
+        .first()
+    )
+    if row is None or row["status"] not in (Status.QUEUED, Status.RUNNING):
+        _nothing_to_do(transcription_id, row, task_id)
+        return None
+    redelivered = row["status"] == Status.RUNNING
+    holder = holder_task_id(
+        status=row["status"], task_id=row["task_id"], batch_task_id=row["batch_task_id"]
+    )
+    if redelivered and holder != task_id:
+        logger.debug(
+            "job %s: running under task %s; this message has nothing to do",
+            transcription_id,
+            holder,
+        )
+        return None
+    claimable = Transcription.objects.filter(pk=transcription_id, status=row["status"])
+    if redelivered:
+        # Long audio already split into chunks: never claimed or split again.
+        if fanout.transcription_fan_out_resume(transcription_id=transcription_id):
+            return None
+        claimable = claimable.filter(batch_task_id=row["batch_task_id"])
+    job = _claim(claimable, transcription_id, task_id, hostname, row["duration_hint"])
+    if job is None:
+        attempts.transcription_fail_unheld(
+            claimable, transcription_id=transcription_id, failure=attempts.worker_lost()
+        )
+        return None
+    if redelivered:
+        # This message ran a batch when its worker died: the jobs it had taken go
+        # back to the queue, each to run on its own, so one file that kills workers
+        # cannot take the others down with it.
+        transcription_batch_release(task_id=task_id, keep=transcription_id)
+    job.claim_redelivered = redelivered  # type: ignore[attr-defined]
+    return job
+
+
+def _nothing_to_do(transcription_id: str, row: Any, task_id: str) -> None:
+    # DEBUG: with micro-batching, most jobs' own messages come to this.
+    logger.debug(
+        "job %s: nothing to do (finished, cancelled or gone)", transcription_id
+    )
+    # This message may have led a batch whose worker died after finishing this job
+    # but not the others: those go back to the queue. (A job that ran in another
+    # message's batch keeps that message's id: its own message led none.)
+    if (
+        row is not None
+        and not row["batch_task_id"]
+        and Transcription.objects.filter(
+            batch_task_id=task_id, status=Status.RUNNING
+        ).exists()
+    ):
+        transcription_batch_release(task_id=task_id)
+
+
+def _claim(
+    claimable: Any,
+    transcription_id: str,
+    task_id: str,
+    hostname: str,
+    duration_hint: float | None,
+) -> Transcription | None:
+    now = timezone.now()
+    _, hard = dispatch.message_time_limits(duration_hint)
+    with transaction.atomic():
+        if not attempts.attempt_claim(
+            claimable,
+            hostname=hostname,
+            now=now,
+            deadline_at=now + timedelta(seconds=hard),
+            task_id=task_id,
+            batch_task_id="",
+            event_seq=F("event_seq") + 1,
+        ):
+            return None
+        job = Transcription.objects.select_related("owner").get(pk=transcription_id)
+        transcription_event_record(
+            transcription_id=transcription_id,
+            kind=Kind.STARTED,
+            data={"worker": hostname, "task_id": task_id},
+            job=job,
+            seq=job.event_seq,
+        )
+    return job
+
+
+def transcription_batch_claim(
+    *, leader: Transcription, task_id: str, hostname: str, wait: float = 0.0
+) -> list[Transcription]:
+    """Take other short queued jobs to run with ``leader`` under its message.
+
+    The oldest first, within ASR_BATCH_JOBS and ASR_BATCH_AUDIO_SECONDS; if fewer
+    are waiting, look again for up to ``wait`` seconds. Each is claimed like a job
+    of its own (queued -> running, attempts + 1, a STARTED event), marked as held by
+    ``task_id``; its own message, when it comes, does nothing.
+    """
+    if not dispatch.batchable(leader.duration_hint):
+        return []
+    room = settings.ASR_BATCH_JOBS - 1
+    budget = settings.ASR_BATCH_AUDIO_SECONDS - (leader.duration_hint or 0.0)
+    members: list[Transcription] = []
+    give_up = time.monotonic() + wait
+    while room > 0 and budget > 0:
+        taken = _batch_claim_once(
+            leader=leader, task_id=task_id, hostname=hostname, room=room, budget=budget
+        )
+        members += taken
+        room -= len(taken)
+        budget -= sum(job.duration_hint or 0.0 for job in taken)
+        if room <= 0 or time.monotonic() >= give_up:
+            break
+        time.sleep(min(0.005, max(give_up - time.monotonic(), 0)))
+    if members:
+        logger.info(
+            "job %s: batch of %d under task %s (%s)",
+            leader.id,
+            len(members) + 1,
+            task_id,
+            ", ".join(str(job.id) for job in members),
+        )
+        # Each member's own message would go through a worker's pool only to find
+        # nothing to do (its claim sees the job running under the batch): on short
+        # clips, a good part of a worker's CPU per job. One broadcast per batch;
+        # safe either way, as a job that goes back to the queue gets a new task id.
+        dispatch.messages_revoke(
+            [job.task_id for job in members], what=f"batch {task_id}"
+        )
+    return members
+
+
+def _batch_claim_once(
+    *, leader: Transcription, task_id: str, hostname: str, room: int, budget: float
+) -> list[Transcription]:
+    longest = min(settings.ASR_BATCH_JOB_MAX_SECONDS, budget)
+    with transaction.atomic():
+        # SKIP LOCKED: two workers batching at once take different jobs instead of
+        # waiting on each other (PostgreSQL; SQLite has one writer at a time anyway).
+        waiting = list(
+            Transcription.objects.select_for_update(skip_locked=True)
+            .filter(
+                status=Status.QUEUED,
+                duration_hint__gt=0,
+                duration_hint__lte=longest,
+                attempts__lt=settings.ASR_MAX_ATTEMPTS,
+            )
+            .exclude(pk=leader.pk)
+            .order_by("created_at")
+            .values_list("pk", "duration_hint")[:room]
+        )
+        chosen, total = [], 0.0
+        for pk, hint in waiting:
+            duration = hint or 0.0
+            if total + duration > budget:
+                break
+            chosen.append(pk)
+            total += duration
+        if not chosen:
+            return []
+        attempts.attempt_claim(
+            Transcription.objects.filter(pk__in=chosen, status=Status.QUEUED),
+            hostname=hostname,
+            now=timezone.now(),
+            deadline_at=leader.deadline_at,
+            batch_task_id=task_id,
+            event_seq=F("event_seq") + 1,
+        )
+        members = list(
+            Transcription.objects.select_related("owner")
+            .filter(pk__in=chosen, status=Status.RUNNING, batch_task_id=task_id)
+            .order_by("created_at")
+        )
+        started = {"worker": hostname, "task_id": task_id, "batch_of": str(leader.id)}
+        transcription_events_record_bulk(
+            [(job, Kind.STARTED, started) for job in members]
+        )
+    return members
+
+
+def transcription_batch_release(*, task_id: str, keep: Any = None) -> int:
+    """Put back in the queue the running jobs held by batch message ``task_id``
+    (but ``keep``), each under a new message of its own."""
+    released = 0
+    with transaction.atomic():
+        held = Transcription.objects.filter(
+            batch_task_id=task_id, status=Status.RUNNING
+        )
+        if keep is not None:
+            held = held.exclude(pk=keep)
+        for job in held.select_for_update():
+            # A new task id: the job's old message may still be waiting in the queue,
+            # and two messages with one id could both take the job.
+            new_task_id = str(uuid.uuid4())
+            if not Transcription.objects.filter(
+                pk=job.pk, status=Status.RUNNING, batch_task_id=task_id
+            ).update(
+                status=Status.QUEUED,
+                batch_task_id="",
+                task_id=new_task_id,
+                started_at=None,
+                deadline_at=None,
+            ):
+                continue
+            job.status, job.task_id, job.batch_task_id = Status.QUEUED, new_task_id, ""
+            transcription_event_record(
+                transcription_id=job.pk,
+                kind=Kind.REQUEUED,
+                data={"reason": "its batch's worker stopped", "batch_task_id": task_id},
+            )
+            transaction.on_commit(
+                functools.partial(dispatch.transcription_enqueue, transcription=job)
+            )
+            released += 1
+    if released:
+        logger.warning(
+            "batch %s: %d jobs put back in the queue after its worker stopped",
+            task_id,
+            released,
+        )
+    return released

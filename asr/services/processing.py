@@ -1,0 +1,290 @@
+"""The worker side of a job's message: claim, decode, transcribe, store.
+
+What each step may end in (the codes, the attempt cap, who may write) is the state
+machine's, ``asr.services.attempts``; which message runs which jobs is
+``asr.services.claim``'s; long audio goes to ``asr.services.fanout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from asr import audio as audio_lib
+from asr.engines import EngineError
+from asr.engines import EngineTransientError
+from asr.engines import TranscriptionResult
+from asr.events import announce_progress
+from asr.models import Transcription
+from asr.services import attempts
+from asr.services import claim
+from asr.services import fanout
+
+logger = logging.getLogger(__name__)
+
+# A job, its samples, and the seconds decoding them took.
+Decoded = tuple[Transcription, np.ndarray, float]
+
+
+def transcription_process(
+    *, transcription_id: str, task_id: str, hostname: str, engine: Any
+) -> None:
+    """Worker side of one message: claim, decode, transcribe, store.
+
+    A short job takes other short jobs waiting in the queue with it (micro-batching,
+    ASR_BATCH_*), unless its message is a redelivery. Permanent problems (bad audio,
+    unsupported language, timeout) fail a job at once. Transient ones
+    (``EngineTransientError``) propagate so that the task retries, until the cap.
+    """
+    job = claim.transcription_claim(
+        transcription_id=transcription_id, task_id=task_id, hostname=hostname
+    )
+    if job is None:
+        return
+    logger.info(
+        "job %s: claimed by %s (attempt %d, task %s)",
+        job.id,
+        hostname,
+        job.attempts,
+        task_id,
+    )
+    members: list[Transcription] = []
+    if not getattr(job, "claim_redelivered", False):
+        members = claim.transcription_batch_claim(
+            leader=job,
+            task_id=task_id,
+            hostname=hostname,
+            wait=settings.ASR_BATCH_WAIT_SECONDS
+            if getattr(engine, "batches_natively", False)
+            else 0.0,
+        )
+    jobs = [job, *members]
+    try:
+        if members:
+            _process_batch(jobs, engine)
+        else:
+            _process_one(job, engine)
+    except EngineTransientError as exc:
+        # The message's retry is the leader's attempt: its count decides.
+        failure = attempts.transient_failure(exc, attempts=job.attempts)
+        attempts.attempts_finish([attempts.failed(stuck, failure) for stuck in jobs])
+
+
+def _decode(job: Transcription) -> tuple[np.ndarray, float]:
+    """The job's audio as samples, and the seconds decoding took; AudioError if it
+    cannot be used."""
+    if not job.audio.name or not default_storage.exists(job.audio.name):
+        missing = attempts.audio_missing()
+        raise audio_lib.AudioError(missing.code, missing.message)
+    started = time.monotonic()
+    samples = audio_lib.decode(
+        job.audio.path,
+        max_seconds=settings.ASR_MAX_DURATION_SECONDS,
+        timeout=settings.ASR_DECODE_TIMEOUT_SECONDS,
+        # What the upload's probe found in these bytes (empty on older rows).
+        format_name=job.audio_format or None,
+    )
+    return samples, time.monotonic() - started
+
+
+def _success(
+    job: Transcription,
+    engine: Any,
+    result: TranscriptionResult,
+    *,
+    samples: np.ndarray,
+    decode_seconds: float,
+    engine_seconds: float,
+) -> attempts.Outcome:
+    return attempts.succeeded(
+        job,
+        text=result.text,
+        segments=result.segments_as_dicts(),
+        language=result.language or "",
+        # The pid tells which worker process (and model load) ran it.
+        meta={**result.meta, "worker_pid": os.getpid()},
+        duration=samples.shape[0] / audio_lib.SAMPLE_RATE,
+        engine=engine.name,
+        model=engine.model_name,
+        device=engine.device,
+        engine_seconds=engine_seconds,
+        decode_seconds=round(decode_seconds, 4),
+    )
+
+
+def _process_one(job: Transcription, engine: Any) -> None:
+    try:
+        samples, decode_seconds = _decode(job)
+        duration = samples.shape[0] / audio_lib.SAMPLE_RATE
+        Transcription.objects.filter(pk=job.pk, attempts=job.attempts).update(
+            duration=round(duration, 3)
+        )
+        if fanout.fan_out_wanted(duration=duration):
+            # Long audio: chunks run as parallel tasks and the last one merges.
+            fanout.transcription_fan_out(
+                transcription=job, samples=samples, decode_seconds=decode_seconds
+            )
+            return
+        started = time.monotonic()
+        result: TranscriptionResult = engine.transcribe(
+            samples,
+            audio_lib.SAMPLE_RATE,
+            job.language or None,
+            on_segment=ProgressReporter(job),
+        )
+        engine_seconds = time.monotonic() - started
+    except attempts.PERMANENT_ERRORS as exc:
+        attempts.attempt_finish(attempts.failed(job, attempts.failure_of(exc)))
+        return
+    attempts.attempt_finish(
+        _success(
+            job,
+            engine,
+            result,
+            samples=samples,
+            decode_seconds=decode_seconds,
+            engine_seconds=engine_seconds,
+        )
+    )
+
+
+def _process_batch(jobs: list[Transcription], engine: Any) -> None:
+    """Run a batch: on an engine that batches, decode every job (a bad file fails
+    alone), transcribe them in one call and store them together; on the others, each
+    job in turn, stored as soon as it is done (its watchers need not wait for the
+    rest of the batch)."""
+    done: set[Any] = set()
+
+    def write(outcomes: list[attempts.Outcome]) -> None:
+        attempts.attempts_finish(outcomes)
+        done.update(job.pk for job, _, _ in outcomes)
+
+    try:
+        if getattr(engine, "batches_natively", False):
+            failed: list[attempts.Outcome] = []
+            ready: list[Decoded] = []
+            for job in jobs:
+                try:
+                    samples, decode_seconds = _decode(job)
+                except audio_lib.AudioError as exc:
+                    failed.append(attempts.failed(job, attempts.failure_of(exc)))
+                    continue
+                ready.append((job, samples, decode_seconds))
+            write(failed + (_transcribe_together(ready, engine) if ready else []))
+        else:
+            for job in jobs:
+                try:
+                    samples, decode_seconds = _decode(job)
+                except audio_lib.AudioError as exc:
+                    write([attempts.failed(job, attempts.failure_of(exc))])
+                    continue
+                write([_transcribe_alone((job, samples, decode_seconds), engine)])
+    except SoftTimeLimitExceeded as exc:
+        timeout = attempts.failure_of(exc)
+        write([attempts.failed(job, timeout) for job in jobs if job.pk not in done])
+
+
+def _transcribe_alone(item: Decoded, engine: Any) -> attempts.Outcome:
+    job, samples, decode_seconds = item
+    started = time.monotonic()
+    try:
+        result = engine.transcribe(samples, audio_lib.SAMPLE_RATE, job.language or None)
+    except EngineError as exc:
+        return attempts.failed(job, attempts.failure_of(exc))
+    return _success(
+        job,
+        engine,
+        result,
+        samples=samples,
+        decode_seconds=decode_seconds,
+        engine_seconds=time.monotonic() - started,
+    )
+
+
+def _transcribe_together(ready: list[Decoded], engine: Any) -> list[attempts.Outcome]:
+    started = time.monotonic()
+    try:
+        results = engine.transcribe_batch(
+            [samples for _, samples, _ in ready],
+            audio_lib.SAMPLE_RATE,
+            [job.language or None for job, _, _ in ready],
+        )
+    except EngineError:
+        # One job's problem (its language, say) must not fail the others: find it.
+        return [_transcribe_alone(item, engine) for item in ready]
+    elapsed = time.monotonic() - started
+    total = sum(samples.shape[0] for _, samples, _ in ready) or 1
+    outcomes = []
+    for (job, samples, decode_seconds), result in zip(ready, results, strict=True):
+        # One call ran them all: each job is charged its share by audio length.
+        outcome = _success(
+            job,
+            engine,
+            result,
+            samples=samples,
+            decode_seconds=decode_seconds,
+            engine_seconds=elapsed * samples.shape[0] / total,
+        )
+        outcome[1]["batch_size"] = outcome[2]["meta"]["batch_jobs"] = len(ready)
+        outcomes.append(outcome)
+    return outcomes
+
+
+class ProgressReporter:
+    """Given to the engine as ``on_segment``: publishes partial results, throttled.
+
+    Progress is pushed to watchers but not kept in the history (a long file has
+    thousands of segments); the partial transcript is kept on the row, so a client
+    that reconnects mid-job gets it in its snapshot.
+    """
+
+    def __init__(self, job: Transcription) -> None:
+        self.job = job
+        self.segments: list[dict[str, Any]] = []
+        self.last_sent = time.monotonic()
+
+    def __call__(self, segment: Any) -> None:
+        self.segments.append(
+            {"start": segment.start, "end": segment.end, "text": segment.text}
+        )
+        now = time.monotonic()
+        if now - self.last_sent >= settings.ASR_PROGRESS_INTERVAL:
+            self.last_sent = now
+            transcription_progress(
+                transcription=self.job,
+                processed_seconds=segment.end,
+                segments=self.segments,
+            )
+
+
+def transcription_progress(
+    *,
+    transcription: Transcription,
+    processed_seconds: float,
+    segments: list[dict[str, Any]],
+) -> None:
+    """Store and announce how far a running attempt has got."""
+    with transaction.atomic():
+        if not attempts.attempt_update(
+            transcription,
+            processed_seconds=round(processed_seconds, 3),
+            segments=segments,
+            text=" ".join(s["text"] for s in segments if s["text"]).strip(),
+        ):
+            return
+        seq = transcription.event_seq
+        transaction.on_commit(
+            lambda: announce_progress(
+                transcription_id=transcription.pk,
+                seq=seq,
+                processed_seconds=processed_seconds,
+            )
+        )
