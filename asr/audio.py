@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -246,11 +247,7 @@ def decode(
                 sample_rate=sample_rate,
                 format_name=format_name,
             )
-    started = time.monotonic()
-    max_samples = int(max_seconds * sample_rate)
-    chunks: list[np.ndarray] = []
-    total = 0
-    bad_packets = 0
+    collected = _Collected(max_seconds=max_seconds, timeout=timeout, rate=sample_rate)
     with _open(source, format_name=format_name) as container:
         if not container.streams.audio:
             raise AudioError(NO_AUDIO_STREAM, "This file has no audio track.")
@@ -259,54 +256,78 @@ def decode(
             raise AudioError(UNSUPPORTED_FORMAT, "This file type is not supported.")
         stream = _decodable(container.streams.audio[0])
         declared = _declared_duration(container, stream)
-        is_wav = demuxer == "wav"
         mixdown = _Mixdown(sample_rate)
-
-        def take(frames: Any) -> None:
-            nonlocal total
-            for frame in frames:
-                samples = frame.to_ndarray().reshape(-1)
-                chunks.append(samples)
-                total += samples.shape[0]
-            if total > max_samples:
-                raise AudioError(
-                    TOO_LONG,
-                    f"This audio is longer than the limit of {_hms(max_seconds)}. "
-                    "Split it into shorter files.",
-                )
-            if time.monotonic() - started > timeout:
-                raise AudioError(
-                    DECODE_TIMEOUT,
-                    f"Decoding took longer than {timeout:.0f} s; the file may be "
-                    "damaged or unusually encoded.",
-                )
-
-        packets = container.demux(stream)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as exc:
-                raise _corrupt(exc) from exc
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError:
-                bad_packets += 1
-                if bad_packets > MAX_BAD_PACKETS:
-                    raise AudioError(
-                        CORRUPT_AUDIO,
-                        "This audio is damaged: too many parts of it cannot be decoded.",
-                    ) from None
-                continue
-            for frame in frames:
-                take(mixdown.push(frame))
-        take(mixdown.flush())
-
-    if is_wav:
+        for frame in _decoded_frames(container, stream):
+            collected.take(mixdown.push(frame))
+        collected.take(mixdown.flush())
+    if demuxer == "wav":
         declared = _wav_declared_duration(source) or declared
-    decoded_seconds = total / sample_rate
-    if total == 0:
+    _check_complete(decoded_seconds=collected.total / sample_rate, declared=declared)
+    return collected.samples()
+
+
+class _Collected:
+    """The decoded samples so far, within the limits: past ``max_seconds`` of audio
+    or ``timeout`` seconds of wall time, ``take`` raises."""
+
+    def __init__(self, *, max_seconds: float, timeout: float, rate: int) -> None:
+        self.max_seconds = max_seconds
+        self.max_samples = int(max_seconds * rate)
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.chunks: list[np.ndarray] = []
+        self.total = 0
+
+    def take(self, frames: Any) -> None:
+        for frame in frames:
+            samples = frame.to_ndarray().reshape(-1)
+            self.chunks.append(samples)
+            self.total += samples.shape[0]
+        if self.total > self.max_samples:
+            raise AudioError(
+                TOO_LONG,
+                f"This audio is longer than the limit of {_hms(self.max_seconds)}. "
+                "Split it into shorter files.",
+            )
+        if time.monotonic() - self.started > self.timeout:
+            raise AudioError(
+                DECODE_TIMEOUT,
+                f"Decoding took longer than {self.timeout:.0f} s; the file may be "
+                "damaged or unusually encoded.",
+            )
+
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+
+
+def _decoded_frames(container: Any, stream: Any) -> Iterator[Any]:
+    """The stream's decoded frames. A container that cannot be read further is
+    corrupt; a packet that does not decode is skipped, up to MAX_BAD_PACKETS."""
+    packets = container.demux(stream)
+    bad_packets = 0
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            raise _corrupt(exc) from exc
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            bad_packets += 1
+            if bad_packets > MAX_BAD_PACKETS:
+                raise AudioError(
+                    CORRUPT_AUDIO,
+                    "This audio is damaged: too many parts of it cannot be decoded.",
+                ) from None
+            continue
+        yield from frames
+
+
+def _check_complete(*, decoded_seconds: float, declared: float | None) -> None:
+    """Refuse audio with no samples, or cut short of the length it declares."""
+    if decoded_seconds == 0:
         if declared:
             raise AudioError(
                 CORRUPT_AUDIO,
@@ -324,7 +345,6 @@ def decode(
                 f"This file stops after {decoded_seconds:.1f} s of its declared "
                 f"{declared:.1f} s: it looks truncated. Upload the whole file again.",
             )
-    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
 
 class _Mixdown:

@@ -18,6 +18,9 @@ What this adds to a bare ``AutoModel``:
   the text and kept as structured metadata;
 - CUDA out-of-memory halves the batch and tries again; a single segment that does
   not fit is a transient error (the task retries later, bounded).
+
+It is one module past 500 lines on purpose: each part works around one behaviour of
+FunASR's ``AutoModel``, and none is used without the others.
 """
 
 from __future__ import annotations
@@ -349,6 +352,61 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     return isinstance(exc, oom) or "CUDA out of memory" in str(exc)
 
 
+def _call_samples(
+    batch_seconds: float, *, max_segment_seconds: float, device: str
+) -> int:
+    """The most audio samples one engine call takes (0: no limit)."""
+    if batch_seconds <= 0 and device == "cpu":
+        # On CPU a call's activations are worker RAM, and SenseVoiceSmall's CTC
+        # output alone takes ~3.4 MB per audio second (a 25k-token vocabulary,
+        # logits and log-probabilities in float32): 16 segments of 30 s would
+        # add 1.6 GB. Two 30 s segments in one call ran ~10 % faster than one
+        # after the other (more on a busy machine) for ~140 MB more; a larger
+        # batch_seconds buys that. On a GPU the batch size and the
+        # out-of-memory halving govern VRAM.
+        batch_seconds = max_segment_seconds
+    return int(max(0.0, batch_seconds) * SAMPLE_RATE)
+
+
+def _load_models(
+    paths: list[str],
+    *,
+    names: tuple[str, str, str],
+    device: str,
+    threads: int,
+    half: bool,
+    max_segment_seconds: float,
+) -> tuple[Any, Any, Any]:
+    """AutoModels for the recognizer and, where given, the VAD and punctuation
+    models, each checked to hold real weights."""
+    from funasr import AutoModel
+
+    model_path, vad_path, punc_path = paths
+    common: dict[str, Any] = {
+        "device": device,
+        "ncpu": threads,
+        "disable_update": True,
+        "disable_pbar": True,
+        "disable_log": True,
+    }
+    with _load_lock, _strict_loading():
+        model = AutoModel(model=model_path, fp16=half, **common)
+        vad = (
+            AutoModel(
+                model=vad_path,
+                max_single_segment_time=int(max_segment_seconds * 1000),
+                **common,
+            )
+            if vad_path
+            else None
+        )
+        punc = AutoModel(model=punc_path, **common) if punc_path else None
+    for name, auto in zip(names, (model, vad, punc), strict=True):
+        if auto is not None:
+            check_materialized(auto.model, name)
+    return model, vad, punc
+
+
 class FunASREngine:
     """SenseVoiceSmall or Paraformer (+ optional fsmn-vad and punctuation) on one
     device. Built once per worker process."""
@@ -380,33 +438,18 @@ class FunASREngine:
                 "ASR_ENGINE=funasr needs ASR_MODEL: a local SenseVoiceSmall or "
                 "Paraformer model directory.",
             )
-        model_path = resolve_model(
-            model, setting="ASR_MODEL", allow_download=allow_download
-        )
-        vad_path = (
-            resolve_model(
-                vad_model, setting="ASR_VAD_MODEL", allow_download=allow_download
-            )
-            if vad_model
+        paths = [
+            resolve_model(name, setting=setting, allow_download=allow_download)
+            if name
             else ""
-        )
-        punc_path = (
-            resolve_model(
-                punc_model, setting="ASR_PUNC_MODEL", allow_download=allow_download
+            for name, setting in (
+                (model, "ASR_MODEL"),
+                (vad_model, "ASR_VAD_MODEL"),
+                (punc_model, "ASR_PUNC_MODEL"),
             )
-            if punc_model
-            else ""
-        )
+        ]
         with _load_lock:
-            import_funasr(
-                [
-                    model_config(path)
-                    for path in (model_path, vad_path, punc_path)
-                    if path
-                ]
-            )
-        from funasr import AutoModel
-
+            import_funasr([model_config(path) for path in paths if path])
         torch_device = resolve_device(device)
         self.device = (
             device_label if device_label and torch_device != "cpu" else torch_device
@@ -415,43 +458,17 @@ class FunASREngine:
         self.use_itn = use_itn
         self.batch_size = max(1, batch_size)
         self.max_segment_seconds = max_segment_seconds
-        if batch_seconds <= 0 and torch_device == "cpu":
-            # On CPU a call's activations are worker RAM, and SenseVoiceSmall's CTC
-            # output alone takes ~3.4 MB per audio second (a 25k-token vocabulary,
-            # logits and log-probabilities in float32): 16 segments of 30 s would
-            # add 1.6 GB. Two 30 s segments in one call ran ~10 % faster than one
-            # after the other (more on a busy machine) for ~140 MB more; a larger
-            # batch_seconds buys that. On a GPU the batch size and the
-            # out-of-memory halving govern VRAM.
-            batch_seconds = max_segment_seconds
-        self.batch_samples = int(max(0.0, batch_seconds) * SAMPLE_RATE)
-        common: dict[str, Any] = {
-            "device": torch_device,
-            "ncpu": threads,
-            "disable_update": True,
-            "disable_pbar": True,
-            "disable_log": True,
-        }
-        half = compute_type in ("float16", "fp16") and torch_device != "cpu"
-        with _load_lock, _strict_loading():
-            self._model = AutoModel(model=model_path, fp16=half, **common)
-            self._vad = (
-                AutoModel(
-                    model=vad_path,
-                    max_single_segment_time=int(max_segment_seconds * 1000),
-                    **common,
-                )
-                if vad_path
-                else None
-            )
-            self._punc = AutoModel(model=punc_path, **common) if punc_path else None
-        for name, auto in (
-            (model, self._model),
-            (vad_model, self._vad),
-            (punc_model, self._punc),
-        ):
-            if auto is not None:
-                check_materialized(auto.model, name)
+        self.batch_samples = _call_samples(
+            batch_seconds, max_segment_seconds=max_segment_seconds, device=torch_device
+        )
+        self._model, self._vad, self._punc = _load_models(
+            paths,
+            names=(model, vad_model, punc_model),
+            device=torch_device,
+            threads=threads,
+            half=compute_type in ("float16", "fp16") and torch_device != "cpu",
+            max_segment_seconds=max_segment_seconds,
+        )
         self.architecture = str(self._model.kwargs.get("model", ""))
         self.is_sensevoice = "SenseVoice" in self.architecture
         self._torch_device = torch_device

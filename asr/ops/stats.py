@@ -180,20 +180,43 @@ def ops_snapshot(*, history_minutes: int = 60) -> dict[str, Any]:
     except Exception:
         logger.warning("queue depths unreadable", exc_info=True)
         queues = dict.fromkeys(redis_state.QUEUES)
+    recent = _History(now=now, minutes=history_minutes, window=window)
+    depth = queues.get("asr")
+    return {
+        "time": now.isoformat(),
+        "queues": queues,
+        "max_queue_depth": settings.ASR_MAX_QUEUE_DEPTH,
+        "accepting": depth is None or depth < settings.ASR_MAX_QUEUE_DEPTH,
+        "jobs": jobs_by_state(),
+        "workers": _workers(),
+        "throughput": {
+            "window_seconds": window,
+            "jobs_per_minute": round(recent.window_jobs * 60 / window, 2),
+            "audio_minutes_per_minute": round(recent.window_audio / window, 3),
+        },
+        "rtf": {
+            "p50": _percentile(recent.rtfs, 0.5),
+            "p95": _percentile(recent.rtfs, 0.95),
+        },
+        "failures_last_24h": failures_by_code(since=now - timedelta(hours=24)),
+        "history": recent.per_minute(),
+    }
 
+
+def _workers() -> list[dict[str, Any]]:
+    """Live workers with the jobs each runs, then the hosts that hold running jobs
+    but send no heartbeat (marked stale: worth an operator's look)."""
     running = _running_by_worker()
-    workers = []
-    for w in live_workers():
-        workers.append(
-            {
-                "hostname": w.get("hostname"),
-                "queues": w.get("queues") or [],
-                "concurrency": w.get("concurrency"),
-                "last_seen_seconds": round(time.time() - float(w.get("ts") or 0), 1),
-                "running": running.pop(w.get("hostname") or "", []),
-            }
-        )
-    # Jobs marked running on a worker with no heartbeat: worth an operator's look.
+    workers = [
+        {
+            "hostname": w.get("hostname"),
+            "queues": w.get("queues") or [],
+            "concurrency": w.get("concurrency"),
+            "last_seen_seconds": round(time.time() - float(w.get("ts") or 0), 1),
+            "running": running.pop(w.get("hostname") or "", []),
+        }
+        for w in live_workers()
+    ]
     for hostname, jobs in running.items():
         workers.append(
             {
@@ -205,58 +228,49 @@ def ops_snapshot(*, history_minutes: int = 60) -> dict[str, Any]:
                 "stale": True,
             }
         )
+    return workers
 
-    since_hour = now - timedelta(minutes=history_minutes)
-    finished = Transcription.objects.filter(
-        finished_at__gte=since_hour,
-        status__in=[Status.SUCCEEDED, Status.FAILED],
-    ).values_list("finished_at", "status", "duration", "real_time_factor")
-    per_minute_jobs = [0] * history_minutes
-    per_minute_failed = [0] * history_minutes
-    per_minute_audio = [0.0] * history_minutes
-    rtfs: list[float] = []
-    recent_jobs = 0
-    recent_audio = 0.0
-    window_start = now - timedelta(seconds=window)
-    for finished_at, status, duration, rtf in finished:
-        assert finished_at is not None  # filtered on it
-        minute = int((finished_at - since_hour).total_seconds() // 60)
-        minute = min(max(minute, 0), history_minutes - 1)
-        per_minute_jobs[minute] += 1
-        recent = finished_at >= window_start
-        recent_jobs += recent
-        if status == Status.FAILED:
-            per_minute_failed[minute] += 1
-            continue
-        per_minute_audio[minute] += duration or 0.0
-        if recent:
-            recent_audio += duration or 0.0
-        if rtf is not None:
-            rtfs.append(rtf)
-    history = [
-        {
-            "minute": (since_hour + timedelta(minutes=i + 1)).isoformat(),
-            "jobs": per_minute_jobs[i],
-            "failed": per_minute_failed[i],
-            "audio_seconds": round(per_minute_audio[i], 1),
-        }
-        for i in range(history_minutes)
-    ]
 
-    depth = queues.get("asr")
-    return {
-        "time": now.isoformat(),
-        "queues": queues,
-        "max_queue_depth": settings.ASR_MAX_QUEUE_DEPTH,
-        "accepting": depth is None or depth < settings.ASR_MAX_QUEUE_DEPTH,
-        "jobs": jobs_by_state(),
-        "workers": workers,
-        "throughput": {
-            "window_seconds": window,
-            "jobs_per_minute": round(recent_jobs * 60 / window, 2),
-            "audio_minutes_per_minute": round(recent_audio / window, 3),
-        },
-        "rtf": {"p50": _percentile(rtfs, 0.5), "p95": _percentile(rtfs, 0.95)},
-        "failures_last_24h": failures_by_code(since=now - timedelta(hours=24)),
-        "history": history,
-    }
+class _History:
+    """Jobs finished in the last ``minutes``, counted per minute, and those of the
+    throughput ``window`` (seconds) apart."""
+
+    def __init__(self, *, now: Any, minutes: int, window: float) -> None:
+        self.since = now - timedelta(minutes=minutes)
+        self.jobs = [0] * minutes
+        self.failed = [0] * minutes
+        self.audio = [0.0] * minutes
+        self.rtfs: list[float] = []
+        self.window_jobs = 0
+        self.window_audio = 0.0
+        window_start = now - timedelta(seconds=window)
+        finished = Transcription.objects.filter(
+            finished_at__gte=self.since,
+            status__in=[Status.SUCCEEDED, Status.FAILED],
+        ).values_list("finished_at", "status", "duration", "real_time_factor")
+        for finished_at, status, duration, rtf in finished:
+            assert finished_at is not None  # filtered on it
+            minute = int((finished_at - self.since).total_seconds() // 60)
+            minute = min(max(minute, 0), minutes - 1)
+            self.jobs[minute] += 1
+            recent = finished_at >= window_start
+            self.window_jobs += recent
+            if status == Status.FAILED:
+                self.failed[minute] += 1
+                continue
+            self.audio[minute] += duration or 0.0
+            if recent:
+                self.window_audio += duration or 0.0
+            if rtf is not None:
+                self.rtfs.append(rtf)
+
+    def per_minute(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "minute": (self.since + timedelta(minutes=i + 1)).isoformat(),
+                "jobs": self.jobs[i],
+                "failed": self.failed[i],
+                "audio_seconds": round(self.audio[i], 1),
+            }
+            for i in range(len(self.jobs))
+        ]
