@@ -197,6 +197,9 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
     import django
 
     django.setup()
+    from kikipounamu import local
+
+    local.prepare()  # var/, the secret key, the embedded Redis
     from django.core.management import call_command
 
     from tests import processes

@@ -108,6 +108,9 @@ def setup_django() -> None:
     import django
 
     django.setup()
+    from kikipounamu import local
+
+    local.prepare()  # var/, the secret key, the embedded Redis
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)

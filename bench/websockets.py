@@ -70,9 +70,9 @@ import wave  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
-from urllib.parse import urlunsplit  # noqa: E402
 
 from bench import pipeline as pl  # noqa: E402
+from kikipounamu.redis_server import with_db  # noqa: E402
 
 WS_DIR = ROOT / "var" / "bench-ws"
 REDIS_DB = 13
@@ -105,11 +105,6 @@ PACED_CONCURRENCY = 50
 # Environment ---------------------------------------------------------------------------
 
 
-def _redis_url_with_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
 def configure_environment() -> str:
     """Point this process and every child (they inherit os.environ) at the bench
     database, Redis database and media; return "given" (REDIS_URL) or "embedded"."""
@@ -131,7 +126,7 @@ def configure_environment() -> str:
         os.environ[name] = "1000000/min"
     os.environ["ASR_MAX_QUEUE_DEPTH"] = "1000000"
     if os.environ.get("REDIS_URL"):
-        os.environ["REDIS_URL"] = _redis_url_with_db(os.environ["REDIS_URL"], REDIS_DB)
+        os.environ["REDIS_URL"] = with_db(os.environ["REDIS_URL"], REDIS_DB)
         return "given"
     os.environ["KIKI_REDIS_DB"] = str(REDIS_DB)
     return "embedded"

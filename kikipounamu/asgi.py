@@ -12,6 +12,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kikipounamu.settings")
 # What get_asgi_application() does, with our handler (see asgi_handler).
 django.setup(set_prefix=False)
 
+from kikipounamu import local  # noqa: E402
+
+# This machine's folders, secret key and embedded Redis (settings only declare them).
+local.prepare()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402

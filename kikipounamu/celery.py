@@ -10,11 +10,21 @@ from celery import bootsteps
 from celery import signals
 from django.conf import settings
 
+from kikipounamu import local
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kikipounamu.settings")
 
 app = Celery("kikipounamu")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _local_state(**_: Any) -> None:
+    # A worker or beat is an entry point: it makes this machine's folders, secret
+    # key and embedded Redis (settings only declare them), before it connects.
+    local.prepare()
 
 
 @signals.setup_logging.connect

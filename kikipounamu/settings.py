@@ -4,6 +4,10 @@ Every value comes from the environment (django-environ); the defaults are the em
 single-machine defaults (SQLite under var/, the project's own Redis, the offline
 `whisper` engine). Production changes environment variables only; each one is listed
 in .env.example.
+
+Declarations only: importing this module starts nothing and writes nothing. The
+folders under var/, the secret key file and the embedded Redis are made by the entry
+points that use them (kikipounamu/local.py).
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from pathlib import Path
 
 import environ
 
-from kikipounamu.redis_server import embedded_port_from_env
-from kikipounamu.redis_server import ensure_embedded_redis
+from kikipounamu.redis_server import celery_url
+from kikipounamu.redis_server import embedded_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -25,26 +29,19 @@ env.read_env(str(BASE_DIR / ".env"), overwrite=False)
 
 # An empty value means the default, so a copied .env.example changes nothing.
 VAR_DIR = Path(env.str("KIKI_VAR_DIR", default="") or BASE_DIR / "var")
-VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#debug
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
 
-def _local_secret_key() -> str:
-    # A fresh machine needs no set-up, yet the key must be stable across restarts
-    # (sessions, signed tokens): generate it once and keep it under var/.
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        from django.core.management.utils import get_random_secret_key
-
-        path.write_text(get_random_secret_key())
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret_key()
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+# A fresh machine needs no set-up, yet the key must be stable across restarts
+# (sessions, signed tokens): without DJANGO_SECRET_KEY it is generated once, by the
+# first entry point that runs (kikipounamu.local.prepare), and kept in this file.
+SECRET_KEY_FILE = None if SECRET_KEY else VAR_DIR / "secret_key"
+if SECRET_KEY_FILE is not None and SECRET_KEY_FILE.exists():
+    SECRET_KEY = SECRET_KEY_FILE.read_text().strip()
 # https://docs.djangoproject.com/en/5.2/ref/settings/#allowed-hosts
 ALLOWED_HOSTS = env.list(
     "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"]
@@ -79,6 +76,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Lines logged while serving /api/v1/transcriptions/<id>/... carry that job id.
+    "kikipounamu.logs.LogContextMiddleware",
 ]
 
 ROOT_URLCONF = "kikipounamu.urls"
@@ -153,7 +152,6 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default="") or VAR_DIR / "static")
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Serve straight from the apps' static folders, so `make run` needs no collectstatic;
 # production runs collectstatic and sets this off.
 WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
@@ -169,16 +167,15 @@ FILE_UPLOAD_PERMISSIONS = 0o640
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/upload/"
 
-# Redis: broker, result backend (and, later, cache and channel layer) -----------------
+# Redis: broker, result backend, cache and channel layer ------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
-EMBEDDED_REDIS = None
-if not REDIS_URL:
-    # No Redis given: start (or reuse) the project's own one. Tests use another
-    # database number so that they never touch a running system's queues.
-    EMBEDDED_REDIS = ensure_embedded_redis(
-        VAR_DIR / "redis", port=embedded_port_from_env()
-    )
-    REDIS_URL = f"{EMBEDDED_REDIS.url}/{env.int('KIKI_REDIS_DB', default=0)}"
+# No Redis given: the project's own, this checkout's (kikipounamu/redis_server.py),
+# on a Unix socket under var/redis, started by the entry points that use it. Tests
+# use another database number so that they never touch a running system's queues.
+REDIS_EMBEDDED = not REDIS_URL
+REDIS_DATA_DIR = VAR_DIR / "redis"
+if REDIS_EMBEDDED:
+    REDIS_URL = embedded_url(REDIS_DATA_DIR, env.int("KIKI_REDIS_DB", default=0))
 
 # Requests inside Django at once, per web process: the threads that run their sync
 # code, each keeping a database connection (kikipounamu/asgi_handler.py); the rest
@@ -296,12 +293,14 @@ if not 0 < ASR_FANOUT_CHUNK_SECONDS <= ASR_FANOUT_MAX_CHUNK_SECONDS:
 
 # Celery -------------------------------------------------------------------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
-CELERY_BROKER_URL = REDIS_URL
+# The same Redis, in the URL form kombu and Celery's backend read (a Unix socket's
+# is redis+socket://).
+CELERY_BROKER_URL = celery_url(REDIS_URL)
 # kombu's Redis transport, keeping one client per channel (see the module). Only for
-# plain redis:// URLs: rediss:// and sentinel:// keep what kombu picks for them.
-if REDIS_URL.startswith("redis://"):
+# plain redis:// URLs and sockets: rediss:// and sentinel:// keep what kombu picks.
+if CELERY_BROKER_URL.startswith(("redis://", "redis+socket://")):
     CELERY_BROKER_TRANSPORT = "kikipounamu.broker_transport:Transport"
-CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -398,12 +397,6 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
 # Jobs queued or running past their deadline (their message was lost, e.g. a Redis
 # without AOF restarted) are re-enqueued by this periodic task.
 ASR_RECONCILE_INTERVAL = env.float("ASR_RECONCILE_INTERVAL", default=60)
-CELERY_BEAT_SCHEDULE = {
-    "asr-reconcile": {
-        "task": "asr.reconcile",
-        "schedule": ASR_RECONCILE_INTERVAL,
-    },
-}
 
 WORKER_HOSTNAME = env.str("WORKER_HOSTNAME", default="") or socket.gethostname()
 
@@ -464,10 +457,6 @@ TELEGRAM_MAX_TEXT_MESSAGES = env.int("TELEGRAM_MAX_TEXT_MESSAGES", default=10)
 # once they are this old.
 TELEGRAM_RECONCILE_INTERVAL = env.float("TELEGRAM_RECONCILE_INTERVAL", default=30.0)
 TELEGRAM_RECONCILE_MIN_AGE = env.float("TELEGRAM_RECONCILE_MIN_AGE", default=60.0)
-CELERY_BEAT_SCHEDULE["bots-reconcile"] = {
-    "task": "bots.reconcile",
-    "schedule": TELEGRAM_RECONCILE_INTERVAL,
-}
 
 # REST API -----------------------------------------------------------------------------
 # https://www.django-rest-framework.org/api-guide/settings/
@@ -482,6 +471,11 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "kikipounamu.api.exception_handler",
+    # Per-user rate limits, API_THROTTLE_* below.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "asr.ops.throttling.UserRateThrottle",
+        "asr.ops.throttling.SubmitRateThrottle",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "kikipounamu API",
@@ -491,15 +485,43 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Logging ------------------------------------------------------------------------------
+# JSON lines (python-json-logger) carrying job_id / task_id / telegram_update_id where
+# they apply (kikipounamu.logs), from web, workers and beat alike; "plain" for reading
+# by eye. https://nhairs.github.io/python-json-logger/latest/
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+# uvicorn's own lines go through the same handler, so the web's output is all JSON.
+# Not through its parent "uvicorn" logger: dictConfig resets a configured logger's
+# children, which turned the access log back on under --no-access-log (a JSON line
+# per request, a good part of the webhook's CPU). uvicorn configures its logging
+# before it imports the app, so its access logger has a handler here only when the
+# access log is on.
+_CONSOLE_ONLY = {"handlers": ["console"], "propagate": False}
+_UVICORN = ["uvicorn.error"] + (
+    ["uvicorn.access"] if logging.getLogger("uvicorn.access").handlers else []
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+            },
+        },
     },
+    "filters": {"context": {"()": "kikipounamu.logs.ContextFilter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
@@ -507,36 +529,11 @@ LOGGING = {
         "faster_whisper": {"level": "WARNING"},
         # httpx logs every request's URL at INFO, and Bot API URLs hold the token.
         "httpx": {"level": "WARNING"},
+        **dict.fromkeys(_UVICORN, _CONSOLE_ONLY),
     },
 }
 
-# Operations: logs, cache, rate limits, backpressure, metrics, retention ---------------
-# JSON lines (python-json-logger) carrying job_id / task_id / telegram_update_id where
-# they apply, from web, workers and beat alike; "plain" for reading by eye.
-# https://nhairs.github.io/python-json-logger/latest/
-LOG_FORMAT = env.str("LOG_FORMAT", default="json")
-LOGGING["formatters"]["json"] = {  # type: ignore[index]
-    "()": "pythonjsonlogger.json.JsonFormatter",
-    "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-    "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-}
-LOGGING["filters"] = {"context": {"()": "kikipounamu.logs.ContextFilter"}}
-LOGGING["handlers"]["console"]["formatter"] = (  # type: ignore[index]
-    "json" if LOG_FORMAT == "json" else "plain"
-)
-LOGGING["handlers"]["console"]["filters"] = ["context"]  # type: ignore[index]
-# Lines logged while serving /api/v1/transcriptions/<id>/... carry that job id.
-MIDDLEWARE.append("kikipounamu.logs.LogContextMiddleware")
-# uvicorn's own lines go through the same handler, so the web's output is all JSON.
-# Not through its parent "uvicorn" logger: dictConfig resets a configured logger's
-# children, which turned the access log back on under --no-access-log (a JSON line
-# per request, a good part of the webhook's CPU). uvicorn configures its logging
-# before it imports the app, so its access logger has a handler here only when the
-# access log is on.
-LOGGING["loggers"]["uvicorn.error"] = {"handlers": ["console"], "propagate": False}  # type: ignore[index]
-if logging.getLogger("uvicorn.access").handlers:
-    LOGGING["loggers"]["uvicorn.access"] = {"handlers": ["console"], "propagate": False}  # type: ignore[index]
-
+# Operations: cache, rate limits, backpressure, metrics, retention ---------------------
 # The shared cache (and, under its key prefix, the rate-limit counters).
 # https://docs.djangoproject.com/en/5.2/topics/cache/#redis
 CACHES = {
@@ -553,10 +550,6 @@ CACHES = {
 # limit. https://www.django-rest-framework.org/api-guide/throttling/
 API_THROTTLE_USER = env.str("API_THROTTLE_USER", default="1200/min")
 API_THROTTLE_SUBMIT = env.str("API_THROTTLE_SUBMIT", default="60/min")
-REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
-    "asr.ops.throttling.UserRateThrottle",
-    "asr.ops.throttling.SubmitRateThrottle",
-]
 
 # Backpressure: past this many messages waiting in the `asr` queue, API and upload
 # submissions get 503 + Retry-After and nothing is stored (DESIGN.md: backpressure).
@@ -581,7 +574,14 @@ METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")
 ASR_RETENTION_AUDIO_DAYS = env.float("ASR_RETENTION_AUDIO_DAYS", default=30)
 ASR_RETENTION_JOB_DAYS = env.float("ASR_RETENTION_JOB_DAYS", default=365)
 ASR_RETENTION_INTERVAL = env.float("ASR_RETENTION_INTERVAL", default=3600)
-CELERY_BEAT_SCHEDULE["asr-retention"] = {
-    "task": "asr.retention",
-    "schedule": ASR_RETENTION_INTERVAL,
+
+# Periodic tasks (celery beat): the reconcilers and retention, at the intervals above.
+# https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
+CELERY_BEAT_SCHEDULE = {
+    "asr-reconcile": {"task": "asr.reconcile", "schedule": ASR_RECONCILE_INTERVAL},
+    "bots-reconcile": {
+        "task": "bots.reconcile",
+        "schedule": TELEGRAM_RECONCILE_INTERVAL,
+    },
+    "asr-retention": {"task": "asr.retention", "schedule": ASR_RETENTION_INTERVAL},
 }

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -13,11 +14,28 @@ from django.conf import settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from kikipounamu import local
+from kikipounamu.redis_server import stop_embedded_redis
 from tests import processes
 from tests.factories import UserFactory
 
 _STARTED_BEFORE = pytest.StashKey[int]()
 _LOGS_SHOWN = pytest.StashKey[bool]()
+_OWN_REDIS = pytest.StashKey["EmbeddedRedis | None"]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # The test suite is an entry point: it makes this checkout's folders and, unless
+    # REDIS_URL is set, its embedded Redis (settings only declare them).
+    session.stash[_OWN_REDIS] = local.prepare()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A Redis this run started goes with it, unless asked to stay; one that was
+    # already up (a running system's, `manage.py redis start`) stays.
+    server = session.stash.get(_OWN_REDIS, None)
+    if server is not None and server.started and not os.environ.get("KIKI_KEEP_REDIS"):
+        stop_embedded_redis(server.data_dir)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -29,6 +29,8 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from redis.exceptions import RedisError
 from rest_framework.throttling import BaseThrottle
 
+from kikipounamu.redis_server import limits_url
+
 logger = logging.getLogger(__name__)
 
 _PERIODS = {
@@ -52,7 +54,7 @@ def parse_rate(rate: str) -> RateLimitItem:
 @functools.cache
 def _limiter(url: str, prefix: str) -> SlidingWindowCounterRateLimiter:
     # One storage (and connection pool) per process and Redis: made on first use.
-    storage = RedisStorage(url, key_prefix=prefix, socket_timeout=2)
+    storage = RedisStorage(limits_url(url), key_prefix=prefix, socket_timeout=2)
     return SlidingWindowCounterRateLimiter(storage)
 
 

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from urllib.parse import urlunsplit
 
 import pytest
 import redis
@@ -32,6 +31,7 @@ from rest_framework.authtoken.models import Token
 
 from asr import audio
 from asr.models import Transcription
+from kikipounamu.redis_server import with_db
 from tests import audio_files
 from tests import processes
 from tests.audio_files import BAD_FILES
@@ -73,9 +73,10 @@ REFUSED_AT_UPLOAD = {
 
 def _own_redis_url() -> str:
     # Another database number of the same Redis (the embedded one, or CI's).
-    url = urlsplit(settings.REDIS_URL)
-    db = int(url.path.strip("/") or 0)
-    return urlunsplit(url._replace(path=f"/{13 if db == 14 else 14}"))
+    db = redis.Redis.from_url(settings.REDIS_URL).connection_pool.connection_kwargs.get(
+        "db", 0
+    )
+    return with_db(settings.REDIS_URL, 13 if db == 14 else 14)
 
 
 @pytest.fixture(scope="module")

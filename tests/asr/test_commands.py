@@ -14,6 +14,7 @@ import pytest
 from django.core.management import call_command
 
 from asr.models import Transcription
+from kikipounamu.redis_server import embedded_running
 from tests import processes
 from tests.speech import espeak
 from tests.speech import espeak_available
@@ -65,9 +66,9 @@ def test_runstack_runs_the_sample_and_ctrl_c_stops_every_process(
     env = dict(os.environ)
     for key in ("DJANGO_SETTINGS_MODULE", "REDIS_URL", "DATABASE_URL", "MEDIA_ROOT"):
         env.pop(key, None)
+    redis_data = tmp_path / "var" / "redis"
     env.update(
         KIKI_VAR_DIR=str(tmp_path / "var"),
-        KIKI_REDIS_PORT=str(processes.free_port()),
         WEB_PORT=str(processes.free_port()),
         FLOWER_PORT=str(processes.free_port()),
         WEB_CONCURRENCY="1",
@@ -89,6 +90,9 @@ def test_runstack_runs_the_sample_and_ctrl_c_stops_every_process(
             assert time.monotonic() < deadline, text[-3000:]
             time.sleep(0.5)
         started = psutil.Process(proc.pid).children(recursive=True)
+        # this var/'s own Redis, on its socket
+        redis_pid = int((redis_data / "redis.pid").read_text())
+        assert embedded_running(redis_data)
         assert len(started) >= 5  # honcho, web, two workers, beat, flower (+ children)
 
         # then it printed the sample's transcript, credentials and where to look
@@ -112,9 +116,5 @@ def test_runstack_runs_the_sample_and_ctrl_c_stops_every_process(
         p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     ]
     assert not alive, [p.cmdline() for p in alive]
-    redis_alive = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if f"127.0.0.1:{env['KIKI_REDIS_PORT']}" in " ".join(p.info["cmdline"] or [])
-    ]
-    assert not redis_alive
+    assert not psutil.pid_exists(redis_pid)
+    assert not embedded_running(redis_data)

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.parse import urlunsplit
 
 import pytest
 import redis
@@ -23,6 +21,7 @@ from bots.models import TelegramUpdate
 from bots.tasks import reconcile
 from kikipounamu.redis_server import ensure_embedded_redis
 from kikipounamu.redis_server import stop_embedded_redis
+from kikipounamu.redis_server import with_db
 from tests import processes
 from tests.bots import media
 from tests.bots import updates as u
@@ -216,15 +215,10 @@ FAST_REDELIVERY = {
 }
 
 
-def own_redis_db(url: str, db: int) -> str:
-    """The same Redis, another database: queues no other worker of this run reads."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
 @pytest.fixture
 def isolated_redis() -> Any:
-    url = own_redis_db(settings.REDIS_URL, ISOLATED_DB)
+    # The same Redis, another database: queues no other worker of this run reads.
+    url = with_db(settings.REDIS_URL, ISOLATED_DB)
     yield url
     client = redis.Redis.from_url(url)
     for key in client.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}*", count=1000):
@@ -359,13 +353,12 @@ def test_a_redis_killed_and_restarted_mid_job_loses_no_reply(
 ) -> None:
     # given a Redis of its own, configured as in production (AOF, fsync every s),
     # a web process, a supervised worker and beat with its reconcilers
-    port = processes.free_port()
     data = tmp_path / "redis"
-    ensure_embedded_redis(data, port=port)
+    server = ensure_embedded_redis(data)
     env = bot_env(
         fake_api,
         **FAST_REDELIVERY,
-        REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        REDIS_URL=server.url(),
         TELEGRAM_RECONCILE_INTERVAL="1",
         ASR_RECONCILE_INTERVAL="5",
     )
@@ -393,7 +386,7 @@ def test_a_redis_killed_and_restarted_mid_job_loses_no_reply(
         # when Redis is SIGKILLed mid-job and comes back from its append-only file
         os.kill(int((data / "redis.pid").read_text()), signal.SIGKILL)
         time.sleep(1)
-        ensure_embedded_redis(data, port=port)
+        ensure_embedded_redis(data)
 
         # then the job finishes and the chat gets its answer, once
         def done() -> bool:
@@ -406,7 +399,7 @@ def test_a_redis_killed_and_restarted_mid_job_loses_no_reply(
         beat.stop()
         web.stop()
         worker.stop()
-        stop_embedded_redis(port=port)
+        stop_embedded_redis(data)
     job = Transcription.objects.get()
     [message] = fake_api.messages(chat.id)
     assert message.edits == 1

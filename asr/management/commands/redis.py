@@ -8,8 +8,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.core.management.base import CommandError
 
-from kikipounamu.redis_server import embedded_port_from_env
+from kikipounamu.redis_server import embedded_running
 from kikipounamu.redis_server import ensure_embedded_redis
+from kikipounamu.redis_server import socket_path
 from kikipounamu.redis_server import stop_embedded_redis
 
 
@@ -20,14 +21,24 @@ class Command(BaseCommand):
         parser.add_argument("action", choices=["start", "stop", "status"])
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
-        if settings.EMBEDDED_REDIS is None:
+        if not settings.REDIS_EMBEDDED:
             raise CommandError(
                 f"REDIS_URL is set ({settings.REDIS_URL}); no embedded Redis is used."
             )
-        port = embedded_port_from_env()
+        data_dir = settings.REDIS_DATA_DIR
+        where = f"{socket_path(data_dir)} (data in {data_dir})"
         if action == "stop":
-            stop_embedded_redis(port=port)
-            self.stdout.write(f"embedded redis on port {port} stopped")
-            return
-        server = ensure_embedded_redis(settings.VAR_DIR / "redis", port=port)
-        self.stdout.write(f"embedded redis: {server.url} (data in {server.data_dir})")
+            stopped = stop_embedded_redis(data_dir)
+            self.stdout.write(
+                f"embedded redis {'stopped' if stopped else 'was not running'}: {where}"
+            )
+        elif action == "start":
+            server = ensure_embedded_redis(data_dir)
+            self.stdout.write(
+                f"embedded redis {'started' if server.started else 'running'}: {where}"
+            )
+        else:
+            running = embedded_running(data_dir)
+            self.stdout.write(
+                f"embedded redis {'running' if running else 'not running'}: {where}"
+            )

@@ -23,6 +23,8 @@ from django.core.management.base import BaseCommand
 from django.core.management.base import CommandError
 
 from asr.management.commands.ensure_admin import ensure_admin
+from kikipounamu import local
+from kikipounamu.redis_server import EmbeddedRedis
 from kikipounamu.redis_server import stop_embedded_redis
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "welcome.ogg"
@@ -33,6 +35,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 class Command(BaseCommand):
+    redis: EmbeddedRedis | None = None
     help = (
         "Start web, workers, beat and Flower (the Procfile), then transcribe a sample."
     )
@@ -49,6 +52,9 @@ class Command(BaseCommand):
         # shell started us with SIGINT ignored (a background job).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _interrupt)
+        # The project's own Redis unless REDIS_URL is set; stopped at the end if
+        # this command started it.
+        self.redis = local.prepare()
         call_command("migrate", verbosity=0, interactive=False)
         user, password, token = ensure_admin()
 
@@ -169,7 +175,7 @@ Press Ctrl-C to stop every process.
             except subprocess.TimeoutExpired:
                 os.killpg(honcho.pid, signal.SIGKILL)
                 honcho.wait()
-        if settings.EMBEDDED_REDIS is not None and settings.EMBEDDED_REDIS.started:
-            stop_embedded_redis(port=settings.EMBEDDED_REDIS.port)
+        if self.redis is not None and self.redis.started:
+            stop_embedded_redis(self.redis.data_dir)
             self.stdout.write("embedded redis stopped")
         self.stdout.write("all processes stopped")
