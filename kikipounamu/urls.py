@@ -8,6 +8,7 @@ from django.urls import path
 from django.views import defaults
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularRedocView
 from drf_spectacular.views import SpectacularSwaggerView
 
 from asr import views as asr_views
@@ -31,6 +32,11 @@ urlpatterns = [
         "api/docs/",
         SpectacularSwaggerView.as_view(url_name="schema"),
         name="swagger-ui",
+    ),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="asr/redoc.html"),
+        name="redoc",
     ),
     path("healthz", healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
