@@ -8,6 +8,7 @@ from django.urls import path
 from django.views import defaults
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularRedocView
 from drf_spectacular.views import SpectacularSwaggerView
 
 from kikipounamu import api
@@ -28,6 +29,11 @@ urlpatterns = [
         "api/docs/",
         SpectacularSwaggerView.as_view(url_name="schema"),
         name="swagger-ui",
+    ),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="asr/redoc.html"),
+        name="redoc",
     ),
     path("healthz", healthz, name="healthz"),
     # The apps' URL confs, by name: the project imports nothing from the apps.
