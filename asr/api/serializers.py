@@ -4,6 +4,7 @@ import functools
 from typing import Any
 
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -14,8 +15,14 @@ from asr.selectors import queue_position
 from asr.selectors import transcription_eta_seconds
 
 
+@extend_schema_field(OpenApiTypes.BINARY)
+class AudioFileField(serializers.FileField):
+    """An uploaded file. drf-spectacular describes a FileField as the URL it reads
+    as, in requests too (short of COMPONENT_SPLIT_REQUEST): this one is the bytes."""
+
+
 class TranscriptionCreateSerializer(serializers.Serializer):
-    file = serializers.FileField(
+    file = AudioFileField(
         allow_empty_file=True,
         help_text="The audio: WAV, FLAC, MP3, OGG (Opus/Vorbis), M4A/AAC, WebM or MP4.",
     )
@@ -174,6 +181,20 @@ class TranscriptionEventSerializer(serializers.ModelSerializer):
         model = TranscriptionEvent
         fields = ["seq", "kind", "data", "created_at"]
         read_only_fields = fields
+
+
+class TranscriptDocumentSerializer(serializers.Serializer):
+    """The transcript as JSON (asr.formats.to_json), for the schema."""
+
+    id = serializers.UUIDField()
+    language = serializers.CharField(allow_null=True)
+    duration = serializers.FloatField(allow_null=True)
+    text = serializers.CharField(allow_blank=True)
+    segments = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="start and end in seconds, text, and words where the engine gives "
+        "them.",
+    )
 
 
 class TranscriptionListQuerySerializer(serializers.Serializer):
