@@ -199,8 +199,27 @@ class TranscriptDocumentSerializer(serializers.Serializer):
 
 class TranscriptionListQuerySerializer(serializers.Serializer):
     status = serializers.ChoiceField(
-        choices=Transcription.Status.choices, required=False
+        choices=Transcription.Status.choices,
+        required=False,
+        help_text="Only jobs in this state.",
+        error_messages={
+            "invalid_choice": "'{input}' is not a job status; use one of "
+            + ", ".join(Transcription.Status.values)
+            + "."
+        },
     )
+
+    def to_internal_value(self, data: Any) -> Any:
+        # DRF reads an optional query parameter sent empty as absent (`?status=`
+        # would list every job) and a repeated one as its last value: neither is
+        # what the client meant.
+        values = data.getlist("status")
+        if len(values) > 1:
+            raise serializers.ValidationError({"status": ["Send one status."]})
+        if values == [""]:
+            message = self.fields["status"].error_messages["invalid_choice"]
+            raise serializers.ValidationError({"status": [message.format(input="")]})
+        return super().to_internal_value(data)
 
 
 def summary(obj: Transcription) -> dict[str, Any]:
