@@ -1,14 +1,22 @@
-"""One rendering for every API error: {"error": {"code", "message", "detail"}}."""
+"""One rendering for every API error: {"error": {"code", "message", "detail"}}, and
+its description in the OpenAPI schema (``api_schema``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.http import JsonResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -72,3 +80,108 @@ def handler404(request: Any, exception: Exception | None = None) -> JsonResponse
 
 def handler500(request: Any) -> JsonResponse:
     return json_error("server_error", "Something went wrong on our side.", 500)
+
+
+# The schema ---------------------------------------------------------------------------
+
+
+class ApiErrorBodySerializer(serializers.Serializer):
+    code = serializers.CharField(
+        help_text="Stable, machine-readable: what went wrong (e.g. `not_found`)."
+    )
+    message = serializers.CharField(help_text="For a person: what to do about it.")
+    detail = serializers.JSONField(
+        required=False,
+        help_text="Only where there is more: per-field messages of a validation "
+        "error, or facts such as `retry_after` and `queue_depth` of `busy`.",
+    )
+
+
+class ApiErrorSerializer(serializers.Serializer):
+    """What every error answer of the API carries (``error_body``)."""
+
+    error = ApiErrorBodySerializer()
+
+
+# What each status means, in any operation that can answer it; an operation may say
+# more (which 409s it gives) with a (status, description) pair.
+ERROR_DESCRIPTIONS = {
+    400: "`invalid`: a field or query parameter is wrong; `detail` names each one.",
+    401: "`not_authenticated` / `authentication_failed`: send "
+    "`Authorization: Token <key>` (or use a staff session).",
+    403: "`permission_denied`: a session request without its CSRF token.",
+    404: "`not_found`: no such job, or not one of yours.",
+    409: "The job is not in a state that allows this.",
+    413: "`too_large`: over the upload limit.",
+    415: "`unsupported_format`: not an audio or video file we can read "
+    "(or `unsupported_media_type`: the body is not multipart/form-data).",
+    422: "`no_audio_stream`: the file has no audio track; `too_long`: over the "
+    "duration limit.",
+    429: "`throttled`: too many requests; wait `Retry-After` seconds.",
+    503: "`busy`: the transcription queue is full; wait `Retry-After` seconds "
+    "(`detail`: `retry_after`, `queue_depth`).",
+}
+# Every API operation is authenticated and rate-limited (settings.REST_FRAMEWORK).
+ALWAYS = (401, 429)
+
+
+def response_header(
+    name: str, kind: OpenApiTypes, description: str, *, statuses: list[int]
+) -> OpenApiParameter:
+    """A header that the answers with these statuses always carry."""
+    return OpenApiParameter(
+        name,
+        kind,
+        OpenApiParameter.HEADER,
+        description=description,
+        response=statuses,
+        required=True,
+    )
+
+
+ERROR_HEADERS = [
+    response_header(
+        "Retry-After",
+        OpenApiTypes.INT,
+        "Seconds to wait before trying again.",
+        statuses=[429, 503],
+    ),
+    response_header(
+        "WWW-Authenticate",
+        OpenApiTypes.STR,
+        "The scheme to authenticate with: `Token`.",
+        statuses=[401],
+    ),
+]
+
+
+def error_responses(
+    *errors: int | tuple[int, str],
+) -> dict[int, OpenApiResponse]:
+    """The error answers of an operation: 401 and 429, and those named, each in the
+    one error shape. An item is a status, or (status, description)."""
+    described = {status: ERROR_DESCRIPTIONS[status] for status in ALWAYS}
+    for item in errors:
+        status, text = item if isinstance(item, tuple) else (item, None)
+        described[status] = text or ERROR_DESCRIPTIONS[status]
+    return {
+        status: OpenApiResponse(ApiErrorSerializer, description=text)
+        for status, text in sorted(described.items())
+    }
+
+
+def api_schema(
+    *,
+    responses: dict[Any, Any],
+    errors: Sequence[int | tuple[int, str]] = (),
+    parameters: Sequence[Any] = (),
+    **kwargs: Any,
+) -> Callable[[Any], Any]:
+    """``extend_schema`` for an API operation: its answers, plus its error answers
+    (``error_responses``) with the headers they carry (Retry-After, WWW-Authenticate).
+    """
+    return extend_schema(
+        responses={**responses, **error_responses(*errors)},
+        parameters=[*parameters, *ERROR_HEADERS],
+        **kwargs,
+    )

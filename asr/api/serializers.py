@@ -4,6 +4,7 @@ import functools
 from typing import Any
 
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -15,8 +16,14 @@ from asr.selectors import transcription_eta_seconds
 from asr.ws_tokens import ws_token_for_job
 
 
+@extend_schema_field(OpenApiTypes.BINARY)
+class AudioFileField(serializers.FileField):
+    """An uploaded file. drf-spectacular describes a FileField as the URL it reads
+    as, in requests too (short of COMPONENT_SPLIT_REQUEST): this one is the bytes."""
+
+
 class TranscriptionCreateSerializer(serializers.Serializer):
-    file = serializers.FileField(
+    file = AudioFileField(
         allow_empty_file=True,
         help_text="The audio: WAV, FLAC, MP3, OGG (Opus/Vorbis), M4A/AAC, WebM or MP4.",
     )
@@ -175,10 +182,43 @@ class TranscriptionEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class TranscriptDocumentSerializer(serializers.Serializer):
+    """The transcript as JSON (asr.formats.to_json), for the schema."""
+
+    id = serializers.UUIDField()
+    language = serializers.CharField(allow_null=True)
+    duration = serializers.FloatField(allow_null=True)
+    text = serializers.CharField(allow_blank=True)
+    segments = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="start and end in seconds, text, and words where the engine gives "
+        "them.",
+    )
+
+
 class TranscriptionListQuerySerializer(serializers.Serializer):
     status = serializers.ChoiceField(
-        choices=Transcription.Status.choices, required=False
+        choices=Transcription.Status.choices,
+        required=False,
+        help_text="Only jobs in this state.",
+        error_messages={
+            "invalid_choice": "'{input}' is not a job status; use one of "
+            + ", ".join(Transcription.Status.values)
+            + "."
+        },
     )
+
+    def to_internal_value(self, data: Any) -> Any:
+        # DRF reads an optional query parameter sent empty as absent (`?status=`
+        # would list every job) and a repeated one as its last value: neither is
+        # what the client meant.
+        values = data.getlist("status")
+        if len(values) > 1:
+            raise serializers.ValidationError({"status": ["Send one status."]})
+        if values == [""]:
+            message = self.fields["status"].error_messages["invalid_choice"]
+            raise serializers.ValidationError({"status": [message.format(input="")]})
+        return super().to_internal_value(data)
 
 
 def summary(obj: Transcription) -> dict[str, Any]:

@@ -1,7 +1,23 @@
 from django.urls import path
-from django.urls import re_path
+from django.urls import register_converter
 
 from asr.api import views
+from asr.formats import FORMATS
+
+
+class TranscriptFormatConverter:
+    """One of the transcript formats (txt, srt, vtt, json): anything else is a 404."""
+
+    regex = "|".join(FORMATS)
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(TranscriptFormatConverter, "transcript_format")
 
 app_name = "asr-api"
 
@@ -31,8 +47,8 @@ urlpatterns = [
         views.TranscriptionAudioApi.as_view(),
         name="transcription-audio",
     ),
-    re_path(
-        r"^transcriptions/(?P<transcription_id>[0-9a-f-]{36})/transcript\.(?P<fmt>txt|srt|vtt|json)$",
+    path(
+        "transcriptions/<uuid:transcription_id>/transcript.<transcript_format:fmt>",
         views.TranscriptionTranscriptApi.as_view(),
         name="transcription-transcript",
     ),

@@ -8,7 +8,6 @@ from django.http import FileResponse
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
-from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.generics import GenericAPIView
@@ -19,6 +18,7 @@ from rest_framework.views import APIView
 
 from asr import selectors
 from asr import services
+from asr.api.serializers import TranscriptDocumentSerializer
 from asr.api.serializers import TranscriptionCreateSerializer
 from asr.api.serializers import TranscriptionEventSerializer
 from asr.api.serializers import TranscriptionListQuerySerializer
@@ -27,16 +27,29 @@ from asr.api.serializers import transcription_representation
 from asr.formats import FORMATS
 from asr.formats import render
 from asr.models import Transcription
+from kikipounamu.api import api_schema
+from kikipounamu.api import response_header
 from kikipounamu.errors import ApplicationError
 
 
 class TranscriptionListCreateApi(GenericAPIView):
     parser_classes = [MultiPartParser]
     serializer_class = TranscriptionSerializer
+    # The status filter is TranscriptionListQuerySerializer, not a django-filter
+    # filterset (which would want a queryset to introspect).
+    filter_backends: list[Any] = []
 
-    @extend_schema(
+    @api_schema(
         parameters=[TranscriptionListQuerySerializer],
-        responses=TranscriptionSerializer(many=True),
+        responses={200: TranscriptionSerializer(many=True)},
+        errors=[
+            (
+                400,
+                "`invalid`: `status` is not a job status (the message lists them), "
+                "or `page` / `page_size` is not a whole number from 1.",
+            ),
+            (404, "`not_found`: `page` is past the last page."),
+        ],
         summary="List jobs (newest first), optionally by status",
     )
     def get(self, request: Request) -> Response:
@@ -51,9 +64,28 @@ class TranscriptionListCreateApi(GenericAPIView):
         ).data
         return self.get_paginated_response(data)
 
-    @extend_schema(
+    @api_schema(
         request={"multipart/form-data": TranscriptionCreateSerializer},
         responses={202: TranscriptionSerializer},
+        parameters=[
+            response_header(
+                "Location", OpenApiTypes.URI, "The new job's URL.", statuses=[202]
+            )
+        ],
+        errors=[
+            (
+                400,
+                "`file_missing`: no file in the multipart field `file`; "
+                "`empty_audio`: the file is empty; `invalid_language`: not a "
+                "language code we know; `invalid`: `language` is over 16 characters; "
+                "`parse_error`: a malformed multipart body.",
+            ),
+            403,
+            413,
+            415,
+            422,
+            503,
+        ],
         summary="Submit audio; answers at once with the queued job",
     )
     def post(self, request: Request) -> Response:
@@ -82,8 +114,10 @@ class TranscriptionListCreateApi(GenericAPIView):
 
 
 class TranscriptionDetailApi(APIView):
-    @extend_schema(
-        responses=TranscriptionSerializer, summary="A job: status and result"
+    @api_schema(
+        responses={200: TranscriptionSerializer},
+        errors=[404],
+        summary="A job: status and result",
     )
     def get(self, request: Request, transcription_id: Any) -> Response:
         job = selectors.transcription_get(
@@ -91,8 +125,17 @@ class TranscriptionDetailApi(APIView):
         )
         return Response(transcription_representation(job, request))
 
-    @extend_schema(
+    @api_schema(
         responses={200: TranscriptionSerializer, 204: None},
+        errors=[
+            403,
+            404,
+            (
+                409,
+                "`not_finished`: the job is running (it cannot be stopped; delete it "
+                "once it has finished); `not_cancellable`: it started meanwhile.",
+            ),
+        ],
         summary="Cancel a queued job (200), or delete a finished one with its audio (204)",
     )
     def delete(self, request: Request, transcription_id: Any) -> Response:
@@ -106,13 +149,23 @@ class TranscriptionDetailApi(APIView):
 
 
 class TranscriptionTranscriptApi(APIView):
-    @extend_schema(
+    @api_schema(
         parameters=[
             OpenApiParameter(
                 "fmt", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(FORMATS)
             )
         ],
-        responses={(200, "text/plain"): OpenApiTypes.STR},
+        responses={
+            (200, "text/plain"): OpenApiTypes.STR,
+            (200, "application/x-subrip"): OpenApiTypes.STR,
+            (200, "text/vtt"): OpenApiTypes.STR,
+            (200, "application/json"): TranscriptDocumentSerializer,
+        },
+        errors=[
+            404,
+            (409, "`not_ready`: the job has not succeeded (yet)."),
+        ],
+        operation_id="v1_transcriptions_transcript_retrieve",
         summary="Download the transcript as txt, srt, vtt or json",
     )
     def get(self, request: Request, transcription_id: Any, fmt: str) -> HttpResponse:
@@ -142,9 +195,19 @@ class TranscriptionTranscriptApi(APIView):
 
 
 class TranscriptionRetryApi(APIView):
-    @extend_schema(
+    @api_schema(
         request=None,
         responses={202: TranscriptionSerializer},
+        errors=[
+            403,
+            404,
+            (
+                409,
+                "`not_retryable`: only failed or cancelled jobs run again; "
+                "`audio_missing`: its audio is no longer stored; `conflict`: the job "
+                "changed meanwhile.",
+            ),
+        ],
         summary="Run a failed or cancelled job again",
     )
     def post(self, request: Request, transcription_id: Any) -> Response:
@@ -159,8 +222,9 @@ class TranscriptionRetryApi(APIView):
 
 
 class TranscriptionEventsApi(APIView):
-    @extend_schema(
-        responses=TranscriptionEventSerializer(many=True),
+    @api_schema(
+        responses={200: TranscriptionEventSerializer(many=True)},
+        errors=[404],
         summary="A job's history: every state change, oldest first, with its seq",
     )
     def get(self, request: Request, transcription_id: Any) -> Response:
@@ -171,8 +235,20 @@ class TranscriptionEventsApi(APIView):
 
 
 class TranscriptionAudioApi(APIView):
-    @extend_schema(
-        responses={(200, "audio/*"): OpenApiTypes.BINARY}, summary="The uploaded audio"
+    @api_schema(
+        responses={
+            (200, "audio/*"): OpenApiTypes.BINARY,
+            # A stored name without a known audio extension (audio_content_type).
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+        },
+        errors=[
+            (
+                404,
+                "`not_found`: no such job, or not one of yours; `audio_missing`: its "
+                "audio is no longer stored.",
+            )
+        ],
+        summary="The uploaded audio",
     )
     def get(self, request: Request, transcription_id: Any) -> FileResponse:
         job = selectors.transcription_get(
