@@ -14,6 +14,7 @@ from django.conf import settings
 from asr import services
 from asr.broker import held_task_ids
 from asr.engines import EngineTransientError
+from asr.realtime import sender as realtime_sender
 from asr.services import fanout
 from asr.services.retention import retention_purge
 from asr.worker import get_engine
@@ -101,6 +102,6 @@ def _after_asr_task(sender: Any = None, **_: Any) -> None:
         return
     # Pushes to browsers go out in the background while a task runs; they must be
     # out before the process may be recycled.
-    sender.flush()
+    realtime_sender.flush()
     # CUDA memory fragments over days; a process past its limit is replaced.
     recycle_if_over_vram()
