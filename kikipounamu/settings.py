@@ -542,13 +542,13 @@ LOGGING = {
 }
 
 # Operations: cache, rate limits, backpressure, metrics, retention ---------------------
-# The shared cache (and, under its key prefix, the rate-limit counters).
+# Django's own Redis cache. Nothing of ours reads or writes it (the rate limits count
+# in Redis through `limits`, under this KEY_PREFIX); it is here so that anything that
+# does later shares one cache across processes, and it connects only when used.
 # https://docs.djangoproject.com/en/5.2/topics/cache/#redis
 CACHES = {
     "default": {
-        # Django's Redis cache, with its connection pool kept per process rather than
-        # per cache object: under ASGI each request gets its own cache object.
-        "BACKEND": "kikipounamu.cache.SharedPoolRedisCache",
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="kiki-cache"),
     }
