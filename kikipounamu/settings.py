@@ -298,10 +298,6 @@ if not 0 < ASR_FANOUT_CHUNK_SECONDS <= ASR_FANOUT_MAX_CHUNK_SECONDS:
 # The same Redis, in the URL form kombu and Celery's backend read (a Unix socket's
 # is redis+socket://).
 CELERY_BROKER_URL = celery_url(REDIS_URL)
-# kombu's Redis transport, keeping one client per channel (see the module). Only for
-# plain redis:// URLs and sockets: rediss:// and sentinel:// keep what kombu picks.
-if CELERY_BROKER_URL.startswith(("redis://", "redis+socket://")):
-    CELERY_BROKER_TRANSPORT = "kikipounamu.broker_transport:Transport"
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
