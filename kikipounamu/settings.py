@@ -113,9 +113,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # while one writes, IMMEDIATE transactions take the write lock up front (no
     # "database is locked" on lock upgrade), and the busy timeout waits instead
     # of failing. https://docs.djangoproject.com/en/5.2/ref/databases/#sqlite-notes
-    # Django's backend, except that a waiting writer wakes up as soon as the lock
-    # is free (kikipounamu/sqlite/base.py).
-    DATABASES["default"]["ENGINE"] = "kikipounamu.sqlite"
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "timeout": 30,
