@@ -27,6 +27,23 @@ stopped anyway. A streamed response over a synchronous iterator (a FileResponse)
 read part by part in the thread as it is sent, where Django's async path reads it
 whole into memory first. Measured (two web processes, old and new, interleaved
 rounds of 200 uploads): 7.6 ms of web CPU per upload against 8.2.
+
+Against a whole job, measured again beside Django's own handler (with persistent
+connections off, as Django's docs want under ASGI), interleaved on one loaded
+machine: 21.7 M instructions per upload against 26.6 M (bench/instructions.py,
+uploads one at a time); under bursts of 50 and 200 clients (bench/pipeline.py
+--quick --only submit, two rounds) 17-18 ms of web CPU per upload against 26-30, and
+37-40 uploads/s against 28-30 at 50 clients. The bench's 2.3 s clip costs about
+1.1 s of CPU end to end (whisper ~1.05 s, web and worker ~40 ms), so the 2-10 ms
+saved (one upload at a time to bursts) are under 1 % of a job. What they buy is the
+web tier's own capacity (the doors run apart from the GPU workers, and a burst lands
+on them alone), and the bound on threads and database connections per web process.
+
+It builds on parts of Django's ASGIHandler that Django does not document
+(``read_body``, ``create_request``, ``send_response``, ``chunk_size``, the middleware
+loading) and on asgiref 3.13's ``ThreadSensitiveContext(executor=...)``: both are
+pinned to their minor version in requirements/base.txt, and tests/test_asgi_limits.py
+fails if a release changes them.
 """
 
 from __future__ import annotations

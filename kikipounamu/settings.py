@@ -113,9 +113,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # while one writes, IMMEDIATE transactions take the write lock up front (no
     # "database is locked" on lock upgrade), and the busy timeout waits instead
     # of failing. https://docs.djangoproject.com/en/5.2/ref/databases/#sqlite-notes
-    # Django's backend, except that a waiting writer wakes up as soon as the lock
-    # is free (kikipounamu/sqlite/base.py).
-    DATABASES["default"]["ENGINE"] = "kikipounamu.sqlite"
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "timeout": 30,
@@ -298,10 +295,6 @@ if not 0 < ASR_FANOUT_CHUNK_SECONDS <= ASR_FANOUT_MAX_CHUNK_SECONDS:
 # The same Redis, in the URL form kombu and Celery's backend read (a Unix socket's
 # is redis+socket://).
 CELERY_BROKER_URL = celery_url(REDIS_URL)
-# kombu's Redis transport, keeping one client per channel (see the module). Only for
-# plain redis:// URLs and sockets: rediss:// and sentinel:// keep what kombu picks.
-if CELERY_BROKER_URL.startswith(("redis://", "redis+socket://")):
-    CELERY_BROKER_TRANSPORT = "kikipounamu.broker_transport:Transport"
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -542,13 +535,13 @@ LOGGING = {
 }
 
 # Operations: cache, rate limits, backpressure, metrics, retention ---------------------
-# The shared cache (and, under its key prefix, the rate-limit counters).
+# Django's own Redis cache. Nothing of ours reads or writes it (the rate limits count
+# in Redis through `limits`, under this KEY_PREFIX); it is here so that anything that
+# does later shares one cache across processes, and it connects only when used.
 # https://docs.djangoproject.com/en/5.2/topics/cache/#redis
 CACHES = {
     "default": {
-        # Django's Redis cache, with its connection pool kept per process rather than
-        # per cache object: under ASGI each request gets its own cache object.
-        "BACKEND": "kikipounamu.cache.SharedPoolRedisCache",
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="kiki-cache"),
     }

@@ -39,7 +39,7 @@ CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_KEY_PREFIX}asgi"
 CACHES["default"]["KEY_PREFIX"] = f"{REDIS_KEY_PREFIX}cache"
 
 _db = DATABASES["default"]
-if _db["ENGINE"] != "kikipounamu.sqlite":
+if _db["ENGINE"] != "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{RUN_ID}"}
 if os.environ.get("KIKI_TEST_SUBPROCESS"):
     _db["NAME"] = _db["TEST"]["NAME"]

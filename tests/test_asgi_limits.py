@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import threading
 import time
@@ -10,6 +11,9 @@ import warnings
 from typing import Any
 
 import pytest
+from asgiref.sync import ThreadSensitiveContext
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import BaseHandler
 from django.core.signals import request_finished
 from django.core.signals import request_started
 from django.db import connection
@@ -187,3 +191,33 @@ def test_websockets_are_not_its_business() -> None:
     handler = PooledThreadsASGIHandler(threads=1)
     with pytest.raises(ValueError, match="not websocket"):
         asyncio.run(handler({"type": "websocket"}, None, None))
+
+
+def _parameters(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_djangos_handler_still_has_the_parts_the_pooled_handler_is_built_from() -> None:
+    # The pooled handler replaces ASGIHandler's __init__, __call__ and handle and
+    # calls these undocumented parts of it (Django pinned to 5.2.x, asgiref to 3.13.x
+    # in requirements/base.txt): a release that renames or reshapes one fails here.
+    assert _parameters(ASGIHandler.read_body) == ["self", "receive"]
+    assert inspect.iscoroutinefunction(ASGIHandler.read_body)
+    assert _parameters(ASGIHandler.create_request) == ["self", "scope", "body_file"]
+    assert _parameters(ASGIHandler.send_response) == ["self", "response", "send"]
+    assert inspect.iscoroutinefunction(ASGIHandler.send_response)
+    assert isinstance(ASGIHandler.chunk_size, int)
+    assert _parameters(BaseHandler.load_middleware) == ["self", "is_async"]
+    assert _parameters(BaseHandler.get_response) == ["self", "request"]
+    # asgiref 3.13's thread-sensitive context on an executor the caller owns.
+    assert _parameters(ThreadSensitiveContext) == ["executor"]
+
+
+def test_the_pooled_handler_sets_up_all_that_djangos_handler_does() -> None:
+    # Its __init__ is BaseHandler's, not ASGIHandler's (which loads the chain for
+    # the async path): whatever Django's sets up must be set up here too.
+    handler = PooledThreadsASGIHandler(threads=1)
+    try:
+        assert set(vars(ASGIHandler())) <= set(vars(handler))
+    finally:
+        handler.close()

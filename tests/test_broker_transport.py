@@ -1,5 +1,5 @@
-"""kikipounamu.broker_transport: kombu's Redis transport with one client per channel,
-against the real Redis the tests use, through the Celery app's own connection."""
+"""The broker: kombu's own Redis transport as settings configure it, against the real
+Redis the tests use, through the Celery app's own connection."""
 
 from __future__ import annotations
 
@@ -9,30 +9,7 @@ from typing import Any
 
 import redis
 
-from kikipounamu import broker_transport
 from kikipounamu.celery import app
-
-
-def test_a_channel_keeps_one_client_until_kombu_replaces_its_pool() -> None:
-    with app.connection_for_write() as conn:
-        channel = conn.channel()
-        try:
-            assert isinstance(channel, broker_transport.Channel)
-            with (
-                channel.conn_or_acquire() as first,
-                channel.conn_or_acquire() as second,
-            ):
-                assert first is second
-            # what kombu does to a channel whose connection failed
-            channel._disconnect_pools()
-            with channel.conn_or_acquire() as third:
-                assert third is not first
-                assert third.ping()
-            # a client handed in is used as it is
-            with channel.conn_or_acquire(first) as given:
-                assert given is first
-        finally:
-            channel.close()
 
 
 def test_a_message_is_delivered_and_acknowledged_through_it() -> None:

@@ -1,5 +1,7 @@
-"""kikipounamu.sqlite: a process's writers take turns, wait for a lock held elsewhere,
-and never keep the turn after their transaction ends, however it ends."""
+"""SQLite as settings.py configures it (Django's own backend, IMMEDIATE transactions,
+WAL, a busy timeout): writers wait for a lock held elsewhere, a write that waits past
+the timeout fails with Django's OperationalError, and a transaction however it ends
+(commit, rollback, a closed connection) leaves the next writer free to write."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def _handler(path: Path, timeout: float = 10.0) -> ConnectionHandler:
     handler = ConnectionHandler(
         {
             "default": {
-                "ENGINE": "kikipounamu.sqlite",
+                "ENGINE": "django.db.backends.sqlite3",
                 "NAME": str(path),
                 "OPTIONS": {
                     "timeout": timeout,
@@ -120,7 +122,7 @@ def test_writers_wait_for_a_lock_held_elsewhere_then_all_commit(tmp_path: Path) 
     assert _count(path) == 120
 
 
-def test_past_the_busy_timeout_a_write_fails_and_the_next_one_still_gets_a_turn(
+def test_past_the_busy_timeout_a_write_fails_and_the_next_one_still_writes(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "db.sqlite3"
@@ -141,7 +143,7 @@ def test_past_the_busy_timeout_a_write_fails_and_the_next_one_still_gets_a_turn(
     assert _count(path) == 1
 
 
-def test_the_turn_ends_with_a_rollback_and_with_a_closed_connection(
+def test_the_lock_is_freed_by_a_rollback_and_by_a_closed_connection(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "db.sqlite3"
@@ -151,7 +153,7 @@ def test_the_turn_ends_with_a_rollback_and_with_a_closed_connection(
         with pytest.raises(ZeroDivisionError), _write(handler) as cursor:
             cursor.execute("INSERT INTO t VALUES ('rolled back')")
             1 / 0
-        # The connection stays open: the rollback alone must end the turn.
+        # The connection stays open: the rollback alone must free the lock.
 
     def closed_mid_transaction() -> None:
         conn = handler["default"]
@@ -171,7 +173,7 @@ def test_the_turn_ends_with_a_rollback_and_with_a_closed_connection(
     assert _count(path) == 2
 
 
-def test_a_writer_waiting_past_the_timeout_for_its_process_turn_gets_djangos_error(
+def test_a_writer_waiting_past_the_timeout_behind_another_thread_gets_djangos_error(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "db.sqlite3"
@@ -179,20 +181,21 @@ def test_a_writer_waiting_past_the_timeout_for_its_process_turn_gets_djangos_err
     holding = threading.Event()
     done = threading.Event()
 
-    def holds_the_turn() -> None:
+    def holds_the_lock() -> None:
         with _write(handler) as cursor:
             cursor.execute("INSERT INTO t VALUES ('first')")
             holding.set()
             done.wait(20)
         handler.close_all()
 
-    holder = threading.Thread(target=holds_the_turn)
+    holder = threading.Thread(target=holds_the_lock)
     holder.start()
     try:
         assert holding.wait(20)
 
         def waits() -> None:
-            # django.db.OperationalError, as for a lock held by another process.
+            # django.db.OperationalError (callers that retry on a locked database,
+            # such as the webhook's writer, catch that), as for another process.
             with pytest.raises(OperationalError, match="locked"), _write(handler):
                 pass
 
