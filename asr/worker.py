@@ -51,6 +51,7 @@ def engine_options() -> dict[str, Any]:
         "compute_type": settings.ASR_COMPUTE_TYPE,
         "threads": settings.ASR_THREADS,
         "beam_size": settings.ASR_BEAM_SIZE,
+        "vad_filter": settings.ASR_WHISPER_VAD,
         "rtf": settings.ASR_SYNTHETIC_RTF,
         "vad_model": settings.ASR_VAD_MODEL,
         "punc_model": settings.ASR_PUNC_MODEL,

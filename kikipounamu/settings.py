@@ -220,6 +220,11 @@ ASR_COMPUTE_TYPE = env.str("ASR_COMPUTE_TYPE", default="int8")
 # Threads per worker process. Engines default to more than a small machine has.
 ASR_THREADS = env.int("ASR_THREADS", default=2)
 ASR_BEAM_SIZE = env.int("ASR_BEAM_SIZE", default=5)
+# Whisper (ASR_ENGINE=whisper): drop the audio without speech (faster-whisper's VAD
+# filter, the Silero VAD model in its wheel) before decoding, so silence and noise
+# give empty text instead of made-up words ("You"); segment times stay those of the
+# original audio. https://github.com/SYSTRAN/faster-whisper#vad-filter
+ASR_WHISPER_VAD = env.bool("ASR_WHISPER_VAD", default=True)
 # The synthetic engine sleeps duration x this real-time factor.
 ASR_SYNTHETIC_RTF = env.float("ASR_SYNTHETIC_RTF", default=0.0)
 # Load the engine when a worker process starts, not on its first job.

