@@ -67,7 +67,21 @@ def test_killed_worker_mid_chunks_the_job_finishes_once_without_recomputing(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             done = list(chunks.filter(status="succeeded"))
-            victims = list(chunks.filter(status="running", worker_pid__in=doomed_pids))
+            # A chunk the doomed worker started after the first one finished still
+            # has seconds of work left when the kill lands; one started beside it
+            # may finish in the gap between this query and the kill.
+            first_done = min((c.finished_at for c in done), default=None)
+            victims = (
+                list(
+                    chunks.filter(
+                        status="running",
+                        worker_pid__in=doomed_pids,
+                        started_at__gt=first_done,
+                    )
+                )
+                if first_done
+                else []
+            )
             if done and victims:
                 break
             assert own_live_api.get(job_id)["status"] in ("queued", "running")

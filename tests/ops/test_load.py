@@ -40,6 +40,9 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[dict[str, An
         "OPS_WORKER_HEARTBEAT_SECONDS": "1",
         "ASR_ENGINE": "synthetic",
         "ASR_SYNTHETIC_RTF": "0.5",
+        # One job per claim: a batch would take the whole queue's jobs at once and
+        # revoke their messages, and the list could drain as fast as it fills.
+        "ASR_BATCH_JOBS": "1",
     }
     web, base = processes.start_web(**env)
     worker = processes.start_worker(queues="asr", concurrency=1, **env)
