@@ -163,6 +163,17 @@ class TranscriptionAdmin(admin.ModelAdmin):
         )
         self.message_user(request, f"Deleted the audio of {done} job(s).")
 
+    def delete_model(self, request: HttpRequest, obj: Transcription) -> None:
+        # Through the service, so that the stored audio goes with the row.
+        services.transcriptions_delete(
+            transcriptions=Transcription.objects.filter(pk=obj.pk)
+        )
+
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet[Transcription]
+    ) -> None:
+        services.transcriptions_delete(transcriptions=queryset)
+
     def _each(
         self,
         request: HttpRequest,

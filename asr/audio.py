@@ -247,6 +247,9 @@ def decode(
                 sample_rate=sample_rate,
                 format_name=format_name,
             )
+    if not isinstance(source, _Unnamed):
+        # A stored file (a Django File, an S3 object) has a name: hide it.
+        source = _Unnamed(source)
     collected = _Collected(max_seconds=max_seconds, timeout=timeout, rate=sample_rate)
     with _open(source, format_name=format_name) as container:
         if not container.streams.audio:

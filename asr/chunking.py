@@ -16,6 +16,7 @@ import bisect
 import wave
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 from typing import Any
 
 import numpy as np
@@ -205,22 +206,25 @@ def absolute_segments(
     return out
 
 
-def write_wav(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+def write_wav(
+    target: Path | IO[bytes], samples: np.ndarray, sample_rate: int = SAMPLE_RATE
+) -> None:
     """Write float samples as 16-bit mono PCM WAV (what a chunk's audio is kept as)."""
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as out:
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(target) if isinstance(target, Path) else target, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(sample_rate)
         out.writeframes(pcm.tobytes())
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
+def read_wav(source: Path | IO[bytes]) -> tuple[np.ndarray, int]:
     """A WAV written by :func:`write_wav`, as float32 samples and its sample rate."""
-    with wave.open(str(path), "rb") as reader:
+    with wave.open(str(source) if isinstance(source, Path) else source, "rb") as reader:
         if reader.getnchannels() != 1 or reader.getsampwidth() != 2:
-            raise ValueError(f"{path} is not 16-bit mono PCM")
+            raise ValueError(f"{source} is not 16-bit mono PCM")
         rate = reader.getframerate()
         pcm = np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
     return (pcm.astype(np.float32) / 32768.0), rate

@@ -13,9 +13,9 @@ from django.conf import settings
 
 from asr import services
 from asr.broker import held_task_ids
-from asr.engines import EngineTransientError
 from asr.realtime import sender as realtime_sender
 from asr.services import fanout
+from asr.services.attempts import TRANSIENT_ERRORS
 from asr.services.retention import retention_purge
 from asr.worker import get_engine
 from asr.worker import recycle_if_over_vram
@@ -26,14 +26,14 @@ logger = logging.getLogger(__name__)
 
 # What both engine tasks are: idempotent (they claim their work with a conditional
 # UPDATE), so acknowledged late and given back when their worker dies; retried with
-# backoff on transient engine errors, boundedly; their rows hold the outcome, so a
+# backoff on transient engine and storage errors, boundedly; their rows hold the outcome, so a
 # copy in the result backend would be unread.
 _ENGINE_TASK: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
     "reject_on_worker_lost": True,
     "ignore_result": True,
-    "autoretry_for": (EngineTransientError,),
+    "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 5,
     "retry_backoff_max": 120,
     "retry_jitter": True,

@@ -118,8 +118,9 @@ ERROR_DESCRIPTIONS = {
     422: "`no_audio_stream`: the file has no audio track; `too_long`: over the "
     "duration limit.",
     429: "`throttled`: too many requests; wait `Retry-After` seconds.",
-    503: "`busy`: the transcription queue is full; wait `Retry-After` seconds "
-    "(`detail`: `retry_after`, `queue_depth`).",
+    503: "`busy`: the transcription queue is full (`detail`: `retry_after`, "
+    "`queue_depth`); `storage_unavailable`: the audio store could not be reached "
+    "and nothing was stored. Wait `Retry-After` seconds.",
 }
 # Every API operation is authenticated and rate-limited (settings.REST_FRAMEWORK).
 ALWAYS = (401, 429)

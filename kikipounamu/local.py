@@ -39,6 +39,7 @@ _NO_REDIS_COMMANDS = frozenset(
         "runstack",
         "showmigrations",
         "sqlmigrate",
+        "storagecheck",
         "telegram_check",
         "telegram_delete_webhook",
         "telegram_set_webhook",

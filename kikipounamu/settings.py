@@ -17,6 +17,8 @@ import socket
 from pathlib import Path
 
 import environ
+from botocore.config import Config as BotoConfig
+from django.core.exceptions import ImproperlyConfigured
 
 from kikipounamu.redis_server import celery_url
 from kikipounamu.redis_server import embedded_url
@@ -159,6 +161,76 @@ WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
 # https://docs.djangoproject.com/en/5.2/ref/settings/#media-root
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default="") or VAR_DIR / "media")
 MEDIA_URL = "media/"
+
+# Where audio is kept: uploads, fanned-out chunks, Telegram downloads. Every reader
+# and writer goes through Django's storage API (asr/storage.py), so a worker on
+# another machine reads the same objects. "filesystem": MEDIA_ROOT, for one machine.
+# "s3": an S3-compatible object store (AWS, MinIO, SeaweedFS, Ceph) through
+# django-storages, for workers that share no disk with the web.
+# https://django-storages.readthedocs.io/en/latest/backends/amazon-S3.html
+STORAGE_BACKEND = env.str("STORAGE_BACKEND", default="filesystem")
+if STORAGE_BACKEND not in ("filesystem", "s3"):
+    raise ImproperlyConfigured(
+        f"STORAGE_BACKEND={STORAGE_BACKEND!r}: use 'filesystem' or 's3'."
+    )
+S3_ENDPOINT_URL = env.str("S3_ENDPOINT_URL", default="") or None  # None: AWS itself
+S3_BUCKET = env.str("S3_BUCKET", default="")
+S3_REGION = env.str("S3_REGION", default="") or None
+# "path" (http://host/bucket/key: MinIO, SeaweedFS, most self-hosted stores) or
+# "virtual" (http://bucket.host/key: AWS); empty lets botocore choose.
+S3_ADDRESSING_STYLE = env.str("S3_ADDRESSING_STYLE", default="") or None
+# Server-side encryption: "" (the bucket's default), "AES256" or "aws:kms" (with
+# S3_SSE_KMS_KEY_ID for a key other than the account's default).
+S3_SSE = env.str("S3_SSE", default="")
+S3_SSE_KMS_KEY_ID = env.str("S3_SSE_KMS_KEY_ID", default="")
+# A worker reads an object into a temporary file that stays in memory up to this
+# size and spills to disk past it: memory is bounded whatever the upload's size.
+S3_MAX_MEMORY_BYTES = env.int("S3_MAX_MEMORY_BYTES", default=1_048_576)
+# Seconds to connect and to wait for a read, and tries per request (botocore's
+# "standard" mode backs off between them); past them a job's attempt counts as a
+# transient storage failure (asr/services/attempts.py).
+S3_CONNECT_TIMEOUT = env.float("S3_CONNECT_TIMEOUT", default=5)
+S3_READ_TIMEOUT = env.float("S3_READ_TIMEOUT", default=30)
+S3_MAX_ATTEMPTS = env.int("S3_MAX_ATTEMPTS", default=3)
+if STORAGE_BACKEND == "s3":
+    if not S3_BUCKET:
+        raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs S3_BUCKET.")
+    _s3_object_parameters = {"ServerSideEncryption": S3_SSE} if S3_SSE else {}
+    if S3_SSE_KMS_KEY_ID:
+        _s3_object_parameters["SSEKMSKeyId"] = S3_SSE_KMS_KEY_ID
+    _default_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": S3_BUCKET,
+            "endpoint_url": S3_ENDPOINT_URL,
+            "region_name": S3_REGION,
+            "addressing_style": S3_ADDRESSING_STYLE,
+            # Empty: boto3's own chain (AWS_* variables, ~/.aws, instance role).
+            "access_key": env.str("S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("S3_SECRET_ACCESS_KEY", default="") or None,
+            "object_parameters": _s3_object_parameters,
+            "max_memory_size": S3_MAX_MEMORY_BYTES,
+            # Names are job and chunk UUIDs: one object per name, never renamed.
+            "file_overwrite": True,
+            # Audio is private; the API serves it to its owner, never a bucket URL.
+            "default_acl": None,
+            "querystring_auth": True,
+            "client_config": BotoConfig(
+                connect_timeout=S3_CONNECT_TIMEOUT,
+                read_timeout=S3_READ_TIMEOUT,
+                retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+                s3={"addressing_style": S3_ADDRESSING_STYLE}
+                if S3_ADDRESSING_STYLE
+                else None,
+            ),
+        },
+    }
+else:
+    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 # Uploads above this size go to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
 FILE_UPLOAD_PERMISSIONS = 0o640
@@ -288,8 +360,6 @@ ASR_FANOUT_SECONDS = env.float("ASR_FANOUT_SECONDS", default=600)
 ASR_FANOUT_CHUNK_SECONDS = env.float("ASR_FANOUT_CHUNK_SECONDS", default=120)
 ASR_FANOUT_MAX_CHUNK_SECONDS = env.float("ASR_FANOUT_MAX_CHUNK_SECONDS", default=180)
 if not 0 < ASR_FANOUT_CHUNK_SECONDS <= ASR_FANOUT_MAX_CHUNK_SECONDS:
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured(
         "ASR_FANOUT_CHUNK_SECONDS must be above 0 and at most "
         "ASR_FANOUT_MAX_CHUNK_SECONDS"
@@ -373,8 +443,6 @@ CELERY_VISIBILITY_TIMEOUT = env.float(
     "CELERY_VISIBILITY_TIMEOUT", default=ASR_TIME_LIMIT_MAX + ASR_TIME_LIMIT_GRACE + 300
 )
 if CELERY_VISIBILITY_TIMEOUT <= ASR_TIME_LIMIT_MAX + ASR_TIME_LIMIT_GRACE:
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured(
         "CELERY_VISIBILITY_TIMEOUT must be longer than ASR_TIME_LIMIT_MAX + "
         "ASR_TIME_LIMIT_GRACE, or running jobs would be delivered twice"
@@ -436,8 +504,6 @@ TELEGRAM_DELIVERY_LEASE_SECONDS = env.float(
     "TELEGRAM_DELIVERY_LEASE_SECONDS", default=2 * _TELEGRAM_CALL_SECONDS
 )
 if TELEGRAM_DELIVERY_LEASE_SECONDS <= _TELEGRAM_CALL_SECONDS:
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured(
         "TELEGRAM_DELIVERY_LEASE_SECONDS must be longer than the connect + write + "
         "read time-outs, or a reply part could be sent twice"

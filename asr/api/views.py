@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from asr import selectors
 from asr import services
+from asr import storage
 from asr.api.serializers import TranscriptDocumentSerializer
 from asr.api.serializers import TranscriptionCreateSerializer
 from asr.api.serializers import TranscriptionEventSerializer
@@ -207,6 +208,11 @@ class TranscriptionRetryApi(APIView):
                 "`audio_missing`: its audio is no longer stored; `conflict`: the job "
                 "changed meanwhile.",
             ),
+            (
+                503,
+                "`storage_unavailable`: the audio store could not be reached; wait "
+                "`Retry-After` seconds.",
+            ),
         ],
         summary="Run a failed or cancelled job again",
     )
@@ -246,7 +252,12 @@ class TranscriptionAudioApi(APIView):
                 404,
                 "`not_found`: no such job, or not one of yours; `audio_missing`: its "
                 "audio is no longer stored.",
-            )
+            ),
+            (
+                503,
+                "`storage_unavailable`: the audio store could not be reached; wait "
+                "`Retry-After` seconds.",
+            ),
         ],
         summary="The uploaded audio",
     )
@@ -254,14 +265,18 @@ class TranscriptionAudioApi(APIView):
         job = selectors.transcription_get(
             user=request.user, transcription_id=transcription_id
         )
-        if not job.audio.name or not job.audio.storage.exists(job.audio.name):
+        try:
+            audio = storage.audio_file(job.audio.name)
+        except storage.AudioMissing:
             raise ApplicationError(
                 "The audio of this job is no longer stored.",
                 code="audio_missing",
                 status=404,
-            )
+            ) from None
+        except storage.StorageUnavailable as exc:
+            raise services.storage_error(exc) from exc
         response = FileResponse(
-            job.audio.open("rb"), content_type=audio_content_type(job.audio.name)
+            audio, content_type=audio_content_type(job.audio.name or "")
         )
         response["Content-Disposition"] = "inline"
         return response

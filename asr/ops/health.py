@@ -1,4 +1,5 @@
-"""Readiness: can this process serve requests that need the database and Redis?"""
+"""Readiness: can this process serve requests that need the database, Redis and the
+audio store?"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 
+from asr import storage
 from asr.ops import redis_state
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,17 @@ def _redis() -> dict[str, Any]:
     return {"ok": True}
 
 
-CHECKS = {"database": _database, "migrations": _migrations, "redis": _redis}
+def _storage() -> dict[str, Any]:
+    storage.store_check()
+    return {"ok": True}
+
+
+CHECKS = {
+    "database": _database,
+    "migrations": _migrations,
+    "redis": _redis,
+    "storage": _storage,
+}
 
 
 def readiness() -> tuple[bool, dict[str, Any]]:

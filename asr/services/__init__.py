@@ -25,12 +25,14 @@ from asr.services.dispatch import batchable
 from asr.services.dispatch import transcription_time_limits
 from asr.services.intake import admission_check
 from asr.services.intake import clean_filename
+from asr.services.intake import storage_error
 from asr.services.intake import transcription_create
 from asr.services.lifecycle import transcription_cancel
 from asr.services.lifecycle import transcription_delete
 from asr.services.lifecycle import transcription_delete_audio
 from asr.services.lifecycle import transcription_delete_or_cancel
 from asr.services.lifecycle import transcription_retry
+from asr.services.lifecycle import transcriptions_delete
 from asr.services.processing import ProgressReporter
 from asr.services.processing import transcription_process
 from asr.services.processing import transcription_progress
@@ -44,6 +46,7 @@ __all__ = [
     "clean_filename",
     "fanout_reconcile",
     "holder_task_id",
+    "storage_error",
     "transcription_batch_claim",
     "transcription_batch_release",
     "transcription_cancel",
@@ -58,4 +61,5 @@ __all__ = [
     "transcription_reconcile",
     "transcription_retry",
     "transcription_time_limits",
+    "transcriptions_delete",
 ]

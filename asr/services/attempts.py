@@ -10,8 +10,9 @@ redelivered message, a retry) only the latest may write:
   workers died that often is not run again: it fails ``worker_lost``.
 - what goes wrong in an attempt (``failure_of``, ``transient_failure``): bad audio
   and an engine's refusal fail at once with their own code; the soft time limit fails
-  ``timeout``; a transient engine error propagates for the task to retry, and at the
-  attempt cap fails ``engine_unavailable``.
+  ``timeout``; a transient engine or storage error propagates for the task to
+  retry, and at the attempt cap fails ``engine_unavailable`` or
+  ``storage_unavailable``; audio not in the store fails ``audio_missing`` at once.
 - finish (``attempts_finish``): the job's outcome and its event are written in one
   transaction, and only while this attempt still holds the job (running, the same
   attempt number); an older attempt's outcome is dropped.
@@ -40,6 +41,7 @@ from asr.events import transcription_event_record
 from asr.events import transcription_events_record_bulk
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
+from asr.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +54,15 @@ TIMEOUT = "timeout"
 WORKER_LOST = "worker_lost"
 ENGINE_UNAVAILABLE = "engine_unavailable"
 AUDIO_MISSING = "audio_missing"
+STORAGE_UNAVAILABLE = "storage_unavailable"
 
 # What an attempt transcribes, in the messages below: the whole audio, or a part.
 WHOLE = "this audio"
 
 # Problems that fail an attempt at once: retrying cannot help.
 PERMANENT_ERRORS = (AudioError, EngineError, SoftTimeLimitExceeded)
+# Problems that may pass: the task retries them with back-off, up to the cap.
+TRANSIENT_ERRORS = (EngineTransientError, StorageUnavailable)
 
 
 @dataclass(frozen=True)
@@ -122,14 +127,20 @@ def failure_of(exc: BaseException, *, what: str = WHOLE) -> Failure:
 
 
 def transient_failure(
-    exc: EngineTransientError, *, attempts: int, what: str = WHOLE
+    exc: EngineTransientError | StorageUnavailable, *, attempts: int, what: str = WHOLE
 ) -> Failure:
-    """What a transient engine error ends in: below the attempt cap it is raised
-    again, for the task to retry (a new attempt, counted like a worker's death); at
-    the cap the job fails with a code, rather than running into the cap's
+    """What a transient engine or storage error ends in: below the attempt cap it is
+    raised again, for the task to retry (a new attempt, counted like a worker's
+    death); at the cap the job fails with a code, rather than running into the cap's
     ``worker_lost`` or staying running until the reconciler times it out."""
     if attempts < settings.ASR_MAX_ATTEMPTS:
         raise exc
+    if isinstance(exc, StorageUnavailable):
+        return Failure(
+            STORAGE_UNAVAILABLE,
+            f"The audio store failed {attempts} times while reading {what} "
+            f"({exc.reason}). Retry the job when the store is back.",
+        )
     return Failure(
         ENGINE_UNAVAILABLE,
         f"The recognition engine failed {attempts} times on {what} ({exc}). Try "

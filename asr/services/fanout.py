@@ -3,8 +3,9 @@
 The job's own ``asr.transcribe`` message (the *leader*) claims and decodes the job as
 always. Audio longer than ASR_FANOUT_SECONDS then goes to
 :func:`transcription_fan_out` instead of the engine: it finds pauses with VAD
-(``asr.chunking``), keeps each chunk's audio under MEDIA_ROOT (every worker reads
-it there, as it reads the job's audio), creates the chunk rows in one transaction
+(``asr.chunking``), stores each chunk's audio through the storage API
+(``asr.storage``: every worker, on any machine, reads it there, as it reads the job's
+audio), creates the chunk rows in one transaction
 and sends one ``asr.transcribe_chunk`` message per chunk on commit. The job stays
 ``running``; its leader message is done.
 
@@ -21,29 +22,27 @@ merges a job whose chunks are all done should that ever be left undone.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections import Counter
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db import IntegrityError
 from django.db import transaction
 from django.utils import timezone
 
 from asr import chunking
+from asr import storage
 from asr.audio import SAMPLE_RATE
 from asr.audio import AudioError
 from asr.broker import held_task_ids
-from asr.engines import EngineTransientError
 from asr.engines import TranscriptionResult
 from asr.events import announce_progress
 from asr.events import transcription_event_record
@@ -82,9 +81,7 @@ def chunk_folder(transcription_id: Any) -> str:
 
 def chunk_audio_delete(*, transcription_id: Any) -> None:
     """Remove a job's chunk audio (also files of a fan-out that never committed)."""
-    shutil.rmtree(
-        Path(default_storage.path(chunk_folder(transcription_id))), ignore_errors=True
-    )
+    storage.audio_delete_prefix(chunk_folder(transcription_id))
 
 
 def chunk_what(chunk: TranscriptionChunk) -> str:
@@ -137,8 +134,7 @@ def transcription_fan_out(
                 transaction.on_commit(partial(dispatch.chunk_enqueue, chunk=chunk))
     except (_NotOwned, IntegrityError):
         # Another attempt owns the job, or (unique index) already split it.
-        for chunk in chunks:
-            default_storage.delete(chunk.audio)
+        storage.audio_delete(chunk.audio for chunk in chunks)
         logger.warning("job %s: fan-out dropped, another attempt owns the job", job.id)
         return False
     logger.info(
@@ -157,7 +153,9 @@ def _chunk_write(
     first, last = span
     chunk_id = uuid.uuid4()
     name = f"{chunk_folder(job.id)}/{chunk_id}.wav"
-    chunking.write_wav(Path(default_storage.path(name)), samples[first:last])
+    wav = io.BytesIO()
+    chunking.write_wav(wav, samples[first:last])
+    name = storage.audio_save(name, wav.getvalue())
     return TranscriptionChunk(
         id=chunk_id,
         transcription_id=job.id,
@@ -233,8 +231,8 @@ def chunks_resend_lost(
 def chunk_process(*, chunk_id: str, task_id: str, hostname: str, engine: Any) -> None:
     """Worker side of one chunk: claim, read its audio, transcribe, store, fan in.
 
-    Permanent problems fail the whole job at once. ``EngineTransientError``
-    propagates so that the task retries, until the chunk's attempts are spent.
+    Permanent problems fail the whole job at once. Transient ones
+    (``attempts.TRANSIENT_ERRORS``) propagate so that the task retries, until the chunk's attempts are spent.
     """
     job_id = (
         TranscriptionChunk.objects.filter(pk=chunk_id)
@@ -290,8 +288,8 @@ def chunk_claim(*, chunk_id: str, hostname: str) -> TranscriptionChunk | None:
 
 def _chunk_samples(chunk: TranscriptionChunk) -> tuple[np.ndarray, int]:
     try:
-        return chunking.read_wav(Path(default_storage.path(chunk.audio)))
-    except FileNotFoundError:
+        return chunking.read_wav(io.BytesIO(storage.audio_read(chunk.audio)))
+    except storage.AudioMissing:
         failure = attempts.audio_missing(what=chunk_what(chunk))
         raise AudioError(failure.code, failure.message) from None
 
@@ -308,7 +306,7 @@ def _chunk_run(chunk: TranscriptionChunk, engine: Any) -> None:
     except attempts.PERMANENT_ERRORS as exc:
         chunk_fail(chunk=chunk, failure=attempts.failure_of(exc, what=what))
         return
-    except EngineTransientError as exc:
+    except attempts.TRANSIENT_ERRORS as exc:
         failure = attempts.transient_failure(exc, attempts=chunk.attempts, what=what)
         chunk_fail(chunk=chunk, failure=failure)
         return

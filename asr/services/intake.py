@@ -14,17 +14,23 @@ from django.core.files.base import File
 from django.db import transaction
 
 from asr import audio as audio_lib
+from asr import storage
 from asr.events import transcription_event_record
 from asr.languages import normalise_language
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
 from asr.ops import stats
+from asr.services import attempts
 from asr.services import dispatch
 from kikipounamu.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 
 Kind = TranscriptionEvent.Kind
+
+# How long a client is asked to wait when the audio store is down: a restart or a
+# failover of the store takes tens of seconds.
+STORAGE_RETRY_AFTER_SECONDS = 30
 
 # HTTP statuses for audio refused at upload.
 _UPLOAD_ERROR_STATUS = {
@@ -77,7 +83,11 @@ def transcription_create(
         # The ACCEPTED event below is the job's first.
         event_seq=1,
     )
-    job.audio.save(f"{job.id}{info.extension}", File(audio), save=False)
+    try:
+        job.audio.name = storage.audio_save(f"{job.id}{info.extension}", audio)
+    except storage.StorageUnavailable as exc:
+        logger.warning("upload refused: %s", exc)
+        raise storage_error(exc) from exc
     try:
         with transaction.atomic():
             job.save(force_insert=True)
@@ -95,7 +105,7 @@ def transcription_create(
             )
     except Exception:
         # The row did not make it: the stored audio must not outlive it.
-        job.audio.delete(save=False)
+        storage.audio_delete([job.audio.name])
         raise
     logger.info(
         "job %s accepted: %s %s, %d bytes, source %s",
@@ -106,6 +116,16 @@ def transcription_create(
         source,
     )
     return job
+
+
+def storage_error(exc: storage.StorageUnavailable) -> ApplicationError:
+    """What a client is told when the audio store is down: come back later."""
+    return ApplicationError(
+        f"{exc} Nothing was stored; send the request again later.",
+        code=attempts.STORAGE_UNAVAILABLE,
+        status=503,
+        extra={"retry_after": STORAGE_RETRY_AFTER_SECONDS},
+    )
 
 
 def _language_code(language: str | None) -> str | None:

@@ -4,17 +4,20 @@ cancel, delete (with its audio), or delete the audio alone (retention)."""
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
-from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from asr import storage
 from asr.events import transcription_event_record
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
 from asr.services import attempts
 from asr.services import dispatch
 from asr.services import fanout
+from asr.services import intake
 from kikipounamu.errors import ApplicationError
 
 Status = Transcription.Status
@@ -30,9 +33,11 @@ def transcription_retry(*, transcription: Transcription) -> Transcription:
             code="not_retryable",
             status=409,
         )
-    if not transcription.audio.name or not default_storage.exists(
-        transcription.audio.name
-    ):
+    try:
+        stored = storage.audio_exists(transcription.audio.name)
+    except storage.StorageUnavailable as exc:
+        raise intake.storage_error(exc) from exc
+    if not stored:
         missing = attempts.audio_missing()
         raise ApplicationError(missing.message, code=missing.code, status=409)
     with transaction.atomic():
@@ -98,11 +103,26 @@ def transcription_delete(*, transcription: Transcription) -> None:
             code="not_finished",
             status=409,
         )
-    name = transcription.audio.name
+    transcriptions_delete(
+        transcriptions=Transcription.objects.filter(pk=transcription.pk)
+    )
+
+
+def transcriptions_delete(*, transcriptions: QuerySet[Transcription]) -> int:
+    """Delete job rows, in whatever state (the admin's delete), and their stored
+    audio once the rows are gone: the upload, and any chunk audio a fan-out left.
+    The count of jobs deleted."""
+    jobs = list(transcriptions.values_list("pk", "audio"))
     with transaction.atomic():
-        transcription.delete()
-        if name:
-            transaction.on_commit(lambda: default_storage.delete(name))
+        Transcription.objects.filter(pk__in=[pk for pk, _ in jobs]).delete()
+        for pk, name in jobs:
+            transaction.on_commit(partial(_stored_audio_delete, pk, name))
+    return len(jobs)
+
+
+def _stored_audio_delete(job_id: uuid.UUID, name: str) -> None:
+    storage.audio_delete([name])
+    fanout.chunk_audio_delete(transcription_id=job_id)
 
 
 def transcription_delete_audio(*, transcription: Transcription) -> bool:
@@ -112,7 +132,7 @@ def transcription_delete_audio(*, transcription: Transcription) -> bool:
     name = transcription.audio.name
     with transaction.atomic():
         Transcription.objects.filter(pk=transcription.pk).update(audio="")
-        transaction.on_commit(lambda: default_storage.delete(name))
+        transaction.on_commit(lambda: storage.audio_delete([name]))
     transcription.audio.name = ""
     return True
 

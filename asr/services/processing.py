@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db import transaction
 
 from asr import audio as audio_lib
+from asr import storage
 from asr.engines import EngineError
-from asr.engines import EngineTransientError
 from asr.engines import TranscriptionResult
 from asr.events import announce_progress
 from asr.models import Transcription
@@ -41,8 +40,8 @@ def transcription_process(
 
     A short job takes other short jobs waiting in the queue with it (micro-batching,
     ASR_BATCH_*), unless its message is a redelivery. Permanent problems (bad audio,
-    unsupported language, timeout) fail a job at once. Transient ones
-    (``EngineTransientError``) propagate so that the task retries, until the cap.
+    unsupported language, timeout, audio not in the store) fail a job at once.
+    Transient ones (``attempts.TRANSIENT_ERRORS``) propagate so that the task retries, until the cap.
     """
     job = claim.transcription_claim(
         transcription_id=transcription_id, task_id=task_id, hostname=hostname
@@ -72,7 +71,7 @@ def transcription_process(
             _process_batch(jobs, engine)
         else:
             _process_one(job, engine)
-    except EngineTransientError as exc:
+    except attempts.TRANSIENT_ERRORS as exc:
         # The message's retry is the leader's attempt: its count decides.
         failure = attempts.transient_failure(exc, attempts=job.attempts)
         attempts.attempts_finish([attempts.failed(stuck, failure) for stuck in jobs])
@@ -81,17 +80,20 @@ def transcription_process(
 def _decode(job: Transcription) -> tuple[np.ndarray, float]:
     """The job's audio as samples, and the seconds decoding took; AudioError if it
     cannot be used."""
-    if not job.audio.name or not default_storage.exists(job.audio.name):
-        missing = attempts.audio_missing()
-        raise audio_lib.AudioError(missing.code, missing.message)
     started = time.monotonic()
-    samples = audio_lib.decode(
-        job.audio.path,
-        max_seconds=settings.ASR_MAX_DURATION_SECONDS,
-        timeout=settings.ASR_DECODE_TIMEOUT_SECONDS,
-        # What the upload's probe found in these bytes (empty on older rows).
-        format_name=job.audio_format or None,
-    )
+    try:
+        # Read through the storage API: the worker may share no disk with the web.
+        with storage.audio_open(job.audio.name) as fh:
+            samples = audio_lib.decode(
+                fh,
+                max_seconds=settings.ASR_MAX_DURATION_SECONDS,
+                timeout=settings.ASR_DECODE_TIMEOUT_SECONDS,
+                # What the upload's probe found in these bytes (empty on older rows).
+                format_name=job.audio_format or None,
+            )
+    except storage.AudioMissing:
+        missing = attempts.audio_missing()
+        raise audio_lib.AudioError(missing.code, missing.message) from None
     return samples, time.monotonic() - started
 
 

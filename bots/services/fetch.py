@@ -102,6 +102,11 @@ def _job_fetch(job: TelegramJob) -> None:
                     source=Transcription.Source.TELEGRAM,
                 )
             except ApplicationError as exc:
+                if exc.status_code == 503:
+                    # The audio store is down: nothing was stored; fetch again later.
+                    raise RetryLater(
+                        exc.message, exc.extra.get("retry_after") or backoff(attempt)
+                    ) from exc
                 telegram_job_answer_error(
                     job_pk,
                     code=exc.code,

@@ -35,7 +35,7 @@ def test_healthz_answers_while_the_process_runs() -> None:
     assert Client().get("/healthz").json() == {"status": "ok"}
 
 
-def test_readyz_is_200_when_database_migrations_and_redis_are_there() -> None:
+def test_readyz_is_200_when_database_migrations_redis_and_storage_are_there() -> None:
     response = Client().get("/readyz")
     assert response.status_code == 200
     body = response.json()
@@ -44,6 +44,7 @@ def test_readyz_is_200_when_database_migrations_and_redis_are_there() -> None:
         "database": {"ok": True},
         "migrations": {"ok": True},
         "redis": {"ok": True},
+        "storage": {"ok": True},
     }
 
 
