@@ -17,11 +17,11 @@ import socket
 from pathlib import Path
 
 import environ
-from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
 from kikipounamu.redis_server import celery_url
 from kikipounamu.redis_server import embedded_url
+from kikipounamu.storages import s3_storage
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -195,36 +195,21 @@ S3_MAX_ATTEMPTS = env.int("S3_MAX_ATTEMPTS", default=3)
 if STORAGE_BACKEND == "s3":
     if not S3_BUCKET:
         raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs S3_BUCKET.")
-    _s3_object_parameters = {"ServerSideEncryption": S3_SSE} if S3_SSE else {}
-    if S3_SSE_KMS_KEY_ID:
-        _s3_object_parameters["SSEKMSKeyId"] = S3_SSE_KMS_KEY_ID
-    _default_storage = {
-        "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "bucket_name": S3_BUCKET,
-            "endpoint_url": S3_ENDPOINT_URL,
-            "region_name": S3_REGION,
-            "addressing_style": S3_ADDRESSING_STYLE,
-            # Empty: boto3's own chain (AWS_* variables, ~/.aws, instance role).
-            "access_key": env.str("S3_ACCESS_KEY_ID", default="") or None,
-            "secret_key": env.str("S3_SECRET_ACCESS_KEY", default="") or None,
-            "object_parameters": _s3_object_parameters,
-            "max_memory_size": S3_MAX_MEMORY_BYTES,
-            # Names are job and chunk UUIDs: one object per name, never renamed.
-            "file_overwrite": True,
-            # Audio is private; the API serves it to its owner, never a bucket URL.
-            "default_acl": None,
-            "querystring_auth": True,
-            "client_config": BotoConfig(
-                connect_timeout=S3_CONNECT_TIMEOUT,
-                read_timeout=S3_READ_TIMEOUT,
-                retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
-                s3={"addressing_style": S3_ADDRESSING_STYLE}
-                if S3_ADDRESSING_STYLE
-                else None,
-            ),
-        },
-    }
+    _default_storage = s3_storage(
+        bucket=S3_BUCKET,
+        endpoint_url=S3_ENDPOINT_URL,
+        region=S3_REGION,
+        addressing_style=S3_ADDRESSING_STYLE,
+        # Empty: boto3's own chain (AWS_* variables, ~/.aws, instance role).
+        access_key=env.str("S3_ACCESS_KEY_ID", default="") or None,
+        secret_key=env.str("S3_SECRET_ACCESS_KEY", default="") or None,
+        sse=S3_SSE,
+        sse_kms_key_id=S3_SSE_KMS_KEY_ID,
+        max_memory_size=S3_MAX_MEMORY_BYTES,
+        connect_timeout=S3_CONNECT_TIMEOUT,
+        read_timeout=S3_READ_TIMEOUT,
+        max_attempts=S3_MAX_ATTEMPTS,
+    )
 else:
     _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 STORAGES = {
