@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from kikipounamu import local
 from kikipounamu.redis_server import stop_embedded_redis
+from tests import netns
 from tests import processes
 from tests.factories import UserFactory
 from tests.s3_server import S3Server
@@ -143,6 +144,17 @@ def own_s3_server() -> Iterator[S3Server]:
     server = S3Server().start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def second_host() -> Iterator[netns.SecondHost]:
+    """A second host (a network namespace with a veth link, tests/netns.py), removed
+    after the test whatever happens; skipped where namespaces cannot be made."""
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no second host: {reason}")
+    with netns.second_host() as host:
+        yield host
 
 
 class LiveApi:
