@@ -16,8 +16,10 @@ from rest_framework.test import APIClient
 
 from kikipounamu import local
 from kikipounamu.redis_server import stop_embedded_redis
+from tests import netns
 from tests import processes
 from tests.factories import UserFactory
+from tests.s3_server import S3Server
 
 _STARTED_BEFORE = pytest.StashKey[int]()
 _LOGS_SHOWN = pytest.StashKey[bool]()
@@ -124,6 +126,35 @@ def web(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     proc, base = processes.start_web()
     yield base
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS, tests/s3_server.py) with one bucket, started on
+    first use (about a second). ``.env()`` points an application process at it.
+    Shared by the session: a test that stops it uses ``own_s3_server``."""
+    server = S3Server().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def own_s3_server() -> Iterator[S3Server]:
+    """A fresh S3 server for one test, which may stop and start it (``.outage()``)."""
+    server = S3Server().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def second_host() -> Iterator[netns.SecondHost]:
+    """A second host (a network namespace with a veth link, tests/netns.py), removed
+    after the test whatever happens; skipped where namespaces cannot be made."""
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no second host: {reason}")
+    with netns.second_host() as host:
+        yield host
 
 
 class LiveApi:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
@@ -20,10 +21,21 @@ LOG_DIR = ROOT / "var" / "test-logs"
 STARTED: list[Process] = []
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``host``: each socket stays bound until all
+    are picked, so the kernel cannot hand one out twice."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def subprocess_env(**overrides: str) -> dict[str, str]:
@@ -40,15 +52,27 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
 
 
 class Process:
-    """A child process in its own process group, with its output in a log file."""
+    """A child process in its own process group, with its output in a log file.
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    ``prefix`` goes before ``args`` on the command line: ``ip netns exec NAME`` runs
+    the process on a second host (tests/netns.py). Such a prefix must exec the
+    command, so that the process group is still the command's.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        prefix: Sequence[str] = (),
+    ) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = LOG_DIR / f"{name}-{uuid.uuid4().hex[:8]}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            args,
+            [*prefix, *args],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -92,8 +116,13 @@ class Process:
 
 
 def start_worker(
-    *, queues: str = "asr,default", concurrency: int = 1, **env: str
+    *,
+    queues: str = "asr,default",
+    concurrency: int = 1,
+    command_prefix: Sequence[str] = (),
+    **env: str,
 ) -> Process:
+    """A Celery worker, once it is ready; ``command_prefix`` as in :class:`Process`."""
     name = f"worker-{uuid.uuid4().hex[:6]}"
     proc = Process(
         name,
@@ -118,6 +147,7 @@ def start_worker(
             "info",
         ],
         subprocess_env(**env),
+        prefix=command_prefix,
     )
     proc.wait_for_log(" ready.")
     return proc
