@@ -586,6 +586,11 @@ LOGGING = {
         "faster_whisper": {"level": "WARNING"},
         # httpx logs every request's URL at INFO, and Bot API URLs hold the token.
         "httpx": {"level": "WARNING"},
+        # At DEBUG these log each S3 request's headers, whose Authorization names
+        # the access key: never below WARNING, whatever LOG_LEVEL says.
+        **dict.fromkeys(
+            ("boto3", "botocore", "s3transfer", "urllib3"), {"level": "WARNING"}
+        ),
         **dict.fromkeys(_UVICORN, _CONSOLE_ONLY),
     },
 }
