@@ -136,6 +136,16 @@ class Config:
     redis: str = ""
 
 
+def use_bench_dir(path: Path) -> None:
+    """Keep this run's world (database, media, Redis, logs, clips) under ``path``
+    instead of var/bench/: another bench script that reuses these helpers must not
+    share, and so wipe, a running pipeline bench's database and Redis."""
+    global BENCH_DIR, LOG_DIR, CLIP_DIR
+    BENCH_DIR = path
+    LOG_DIR = path / "logs"
+    CLIP_DIR = path / "clips"
+
+
 def configure_environment() -> str:
     """Point this process, and every child (they inherit os.environ), at the bench
     database, Redis database and media; return a description of the database."""
@@ -286,6 +296,7 @@ class Process:
         self.name = name
         self.log_path = LOG_DIR / f"{name}.log"
         self._log = self.log_path.open("wb")
+        self._terminated = False
         self.popen = subprocess.Popen(
             args,
             cwd=ROOT,
@@ -317,10 +328,18 @@ class Process:
                 total += int(fields[11]) + int(fields[12])  # utime + stime
         return total / os.sysconf("SC_CLK_TCK")
 
-    def stop(self, timeout: float = 15) -> None:
-        if self.popen.poll() is None:
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM, sent once however often this is
+        called) without waiting for it: many processes then shut down at once, and
+        ``stop`` waits."""
+        if not self._terminated and self.popen.poll() is None:
+            self._terminated = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            self.terminate()
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -419,11 +438,20 @@ class Stack:
         for proc in self.processes:
             proc.check()
 
-    def stop(self) -> None:
-        for proc in reversed(self.processes):
+    def stop_workers(self) -> None:
+        """Stop the workers, keeping the web server; all asked at once, since each
+        takes a moment to shut down."""
+        for proc in self.workers:
+            proc.terminate()
+        for proc in reversed(self.workers):
             proc.stop()
-        self.web = None
         self.workers = []
+
+    def stop(self) -> None:
+        self.stop_workers()
+        if self.web:
+            self.web.stop()
+        self.web = None
 
 
 @contextlib.contextmanager
@@ -832,11 +860,18 @@ def jobs_of(user: Any) -> Any:
     return Transcription.objects.filter(owner=user)
 
 
-def wait_jobs(ids: list[str], check: Callable[[], None], timeout: float = 600) -> None:
+def wait_jobs(
+    ids: list[str],
+    check: Callable[[], None],
+    timeout: float = 600,
+    interval: float | None = None,
+) -> None:
     """Until the jobs ``ids`` are finished; raises if one of them did not succeed.
 
     All of them belong to one user of ours, so the poll counts that user's jobs: a
     cheap query, as this process shares the cores with the servers it measures.
+    ``interval`` is the time between polls (default: 5 ms for one job, 250 ms for
+    several).
     """
     from asr.models import Transcription
 
@@ -862,7 +897,9 @@ def wait_jobs(ids: list[str], check: Callable[[], None], timeout: float = 600) -
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {done}/{len(ids)} jobs finished in {timeout}s")
         # One job is polled often (the figures come from its row, not from here).
-        time.sleep(0.005 if len(ids) == 1 else 0.25)
+        if interval is None:
+            interval = 0.005 if len(ids) == 1 else 0.25
+        time.sleep(interval)
 
 
 def submit_and_wait(
@@ -1274,6 +1311,12 @@ def print_table(cfg: Config, figures: list[Figure], started: float) -> None:
             f"WHAT-IF PATCHES ACTIVE in the servers: {', '.join(cfg.what_if)}"
             " -- these are not the project's figures"
         )
+    print_figures(figures)
+    print(f"total run time {time.monotonic() - started:.0f} s")
+
+
+def print_figures(figures: list[Figure]) -> None:
+    """The table of figures, each against its target where it has one."""
     print("-" * 80)
     width = max(len(f.name) for f in figures) + 2
     print(f"{'figure':<{width}}{'value':<24}target")
@@ -1281,7 +1324,6 @@ def print_table(cfg: Config, figures: list[Figure], started: float) -> None:
         mark = "" if f.met is None else ("  ok" if f.met else "  MISSED")
         print(f"{f.name:<{width}}{f.value:<24}{f.target}{mark}")
     print("-" * 80)
-    print(f"total run time {time.monotonic() - started:.0f} s")
 
 
 def main() -> int:
