@@ -2,7 +2,7 @@
 
 Run from the project root with the virtualenv:
 
-    .venv/bin/python bench/pipeline.py                 # full run, under ~12 minutes
+    .venv/bin/python bench/pipeline.py                 # full run, under ~14 minutes
     .venv/bin/python bench/pipeline.py --quick         # smaller, about 4 minutes
     .venv/bin/python bench/pipeline.py --only openloop --openloop-seconds 60
     .venv/bin/python bench/pipeline.py --only throughput --worker-pool threads
@@ -105,7 +105,7 @@ OPENLOOP_TIMEOUT = 30.0
 # is not reused, as HTTP clients' keep-alive expiry does (httpx's is 5 s).
 OPENLOOP_KEEPALIVE = 3.0
 
-# What a full and a quick run do; a full run stays under ~12 minutes.
+# What a full and a quick run do; a full run stays under ~14 minutes.
 FULL = {
     "submit": [(1, 100), (50, 10), (200, 3)],  # (clients, requests per client)
     "openloop_rates": [25.0, 50.0, 100.0],  # uploads per second
@@ -1211,16 +1211,16 @@ def storage_calls(clip: Path, repeat: int) -> dict[str, list[float]]:
     for name in names[:3]:  # connections, and the first call's imports
         storage.audio_read(storage.audio_save(name, data))
     try:
+        # In turn, not one kind after the other: a burst of the neighbours' load
+        # falls on all three alike.
         for name in names:
             started = time.perf_counter()
             storage.audio_save(name, data)
             times["save"].append(time.perf_counter() - started)
-        for name in names:
             started = time.perf_counter()
             with storage.audio_open(name) as fh:
                 fh.read()
             times["read"].append(time.perf_counter() - started)
-        for _ in names:
             started = time.perf_counter()
             audio_lib.decode(
                 io.BytesIO(data),
