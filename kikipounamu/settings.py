@@ -588,9 +588,10 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         # At DEBUG these log each S3 request's headers, whose Authorization names
         # the access key: never below WARNING, whatever LOG_LEVEL says.
-        **dict.fromkeys(
-            ("boto3", "botocore", "s3transfer", "urllib3"), {"level": "WARNING"}
-        ),
+        **{
+            name: {"level": "WARNING"}
+            for name in ("boto3", "botocore", "s3transfer", "urllib3")
+        },
         **dict.fromkeys(_UVICORN, _CONSOLE_ONLY),
     },
 }

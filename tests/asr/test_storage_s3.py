@@ -223,3 +223,54 @@ def test_server_side_encryption_is_asked_for_on_every_object(
     head = own_s3_server.client().head_object(Bucket=own_s3_server.bucket, Key=name)
 
     assert head.get("ServerSideEncryption") == "AES256"
+
+
+def requests_seen(server: S3Server) -> list[tuple[str, str]]:
+    """(HTTP method, thread name) of every request this process's storage sends
+    from now on."""
+    import threading
+
+    from django.core.files.storage import default_storage
+
+    seen: list[tuple[str, str]] = []
+    default_storage.connection.meta.client.meta.events.register(
+        "before-send.s3",
+        lambda request, **_: seen.append(
+            (request.method, threading.current_thread().name)
+        ),
+    )
+    return seen
+
+
+def test_a_short_upload_is_one_put_and_its_read_one_get_in_the_callers_thread(
+    s3_settings: S3Server,
+) -> None:
+    # (bench/pipeline.py --only storage: the HEADs and s3transfer's threads were
+    # most of what S3 added to a short job)
+    import threading
+
+    data = wav_bytes(1.0)
+    seen = requests_seen(s3_settings)
+    me = threading.current_thread().name
+
+    storage.audio_save("probe/short.wav", data)
+    assert seen == [("PUT", me)]
+    seen.clear()
+
+    assert storage.audio_read("probe/short.wav") == data
+    assert seen == [("GET", me)]
+
+
+def test_an_object_larger_than_memory_allows_is_read_whole_through_a_file_on_disk(
+    settings: Any, own_s3_server: S3Server
+) -> None:
+    import os
+
+    settings.STORAGES = s3_storages(own_s3_server, max_memory_size=100_000)
+    data = os.urandom(1_000_000)
+    storage.audio_save("probe/large.bin", data)
+
+    with storage.audio_open("probe/large.bin") as fh:
+        assert fh.read() == data
+        # spilled past max_memory_size: a real file, not bytes in memory
+        assert fh.file._rolled
