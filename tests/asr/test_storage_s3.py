@@ -16,6 +16,7 @@ from asr import storage
 from asr.engines.synthetic import SyntheticEngine
 from asr.models import Transcription
 from asr.services import attempts
+from asr.services import dispatch
 from asr.services import processing
 from asr.services.retention import retention_purge
 from kikipounamu.storages import s3_storage
@@ -72,7 +73,12 @@ def s3_settings(settings: Any, own_s3_server: S3Server, tmp_path: Any) -> S3Serv
 
 
 @pytest.fixture
-def client(transactional_db: Any) -> APIClient:
+def client(transactional_db: Any, monkeypatch: pytest.MonkeyPatch) -> APIClient:
+    # These tests run the worker's side in this process: a worker elsewhere (the
+    # session's, whose storage is a folder) must not get the jobs' messages.
+    monkeypatch.setattr(
+        dispatch, "transcription_enqueue", lambda *, transcription: None
+    )
     api = APIClient()
     api.force_authenticate(UserFactory())
     return api
