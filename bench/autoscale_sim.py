@@ -150,6 +150,8 @@ def effective_setting(docs: list[dict[str, Any]], name: str) -> Any:
     data = find(docs, "ConfigMap", "kikipounamu-config").get("data", {})
     if name not in data:
         return default
+    if isinstance(default, bool):
+        return data[name].strip().lower() in ("1", "true", "yes", "on")
     return type(default)(data[name])
 
 
@@ -934,7 +936,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--trace", help="CSV of arrival_s,audio_s to replay instead")
     parser.add_argument("--save-trace", help="write the trace used to this CSV")
-    parser.add_argument("--manifests", default=str(MANIFESTS))
+    parser.add_argument(
+        "--manifests", default=str(MANIFESTS), help="folder of the manifests to read"
+    )
     parser.add_argument(
         "--load-seconds",
         type=float,
