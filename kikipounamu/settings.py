@@ -412,8 +412,9 @@ CELERY_RESULT_BACKEND_THREAD_SAFE = True
 # cancelling our copies avoids the same job running twice.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
-# SIGTERM: stop taking tasks, give running ones this long to finish, then cold
-# shutdown, which returns acks_late messages to the queue.
+# Cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT): stop taking tasks,
+# give running ones this long to finish, then return their acks_late messages to the
+# queue. A plain SIGTERM is the warm shutdown, which waits for them however long.
 # https://docs.celeryq.dev/en/stable/userguide/workers.html#soft-shutdown
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float(
     "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=60
