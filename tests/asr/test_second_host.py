@@ -19,11 +19,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from asr.models import Transcription
@@ -246,10 +248,14 @@ def wait_for_running_on(
 ) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # Started a moment ago: most of its 1.6 s of work is still ahead when the
+        # link goes down (one found later might finish before the cut).
         running = Transcription.objects.filter(
-            pk__in=job_ids, status="running", worker_hostname=worker_name(worker)
+            pk__in=job_ids,
+            status="running",
+            worker_hostname=worker_name(worker),
+            started_at__gte=timezone.now() - timedelta(seconds=0.5),
         ).first()
-        # Started a moment ago: most of its 1.6 s of work is still ahead.
         if running is not None:
             return str(running.pk)
         time.sleep(0.02)
