@@ -14,14 +14,41 @@ from django.conf import settings
 
 from asr.realtime import jobs
 from asr.ws_tokens import token_allows_job
+from kikipounamu import json_input
 
 # Close codes (4000-4999 are the application's): a client must not retry these.
 FORBIDDEN = 4403
 NOT_FOUND = 4404
 
 
+# Close codes of RFC 6455 for frames a client should not have sent.
+UNSUPPORTED_DATA = 1003
+INVALID_PAYLOAD = 1007
+
+
 class _HeartbeatMixin(AsyncJsonWebsocketConsumer):
     _heartbeat: asyncio.Task[None] | None = None
+
+    async def receive(
+        self,
+        text_data: str | None = None,
+        bytes_data: bytes | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # These sockets only send; what a client sends is read with bounds and
+        # otherwise ignored. Channels' own decode would end the consumer with a
+        # server error on a frame that is not JSON, or is nested too deeply.
+        if text_data is None:
+            await self.close(
+                code=UNSUPPORTED_DATA, reason="This socket takes JSON text frames only."
+            )
+            return
+        try:
+            content = json_input.loads(text_data)
+        except json_input.JSONInputError as exc:
+            await self.close(code=INVALID_PAYLOAD, reason=str(exc)[:120])
+            return
+        await self.receive_json(content, **kwargs)
 
     def start_heartbeat(self) -> None:
         self._heartbeat = asyncio.ensure_future(self._beat())

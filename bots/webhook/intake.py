@@ -13,7 +13,6 @@ delivery is a no-op.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Sequence
 from functools import partial
@@ -27,6 +26,7 @@ from django.db import transaction
 
 from bots.models import TelegramUpdate
 from bots.webhook import publisher
+from kikipounamu import json_input
 from kikipounamu.errors import ApplicationError
 from kikipounamu.logs import log_context
 
@@ -59,9 +59,9 @@ def telegram_update_read(*, body: bytes) -> IncomingUpdate | None:
     bot does not act on. Raises ``ApplicationError`` (400) for a body that is not
     JSON, or not an update: see ``telegram_update_accept``."""
     try:
-        payload = json.loads(body)
-    except ValueError as exc:  # UnicodeDecodeError is one too
-        raise ApplicationError("The body is not JSON.", code="invalid_json") from exc
+        payload = json_input.loads(body)
+    except json_input.JSONInputError as exc:
+        raise ApplicationError(str(exc), code="invalid_json") from exc
     return telegram_update_accept(payload=payload)
 
 

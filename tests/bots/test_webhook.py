@@ -36,6 +36,7 @@ from tests.bots import updates as u
 from tests.bots.conftest import SECRET
 from tests.bots.conftest import WEBHOOK
 from tests.bots.conftest import wait_until
+from tests.hostile_json import HOSTILE_JSON
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -216,6 +217,16 @@ def test_chats_outside_the_allowlist_are_ignored(enqueued: list, settings: Any) 
     assert list(TelegramUpdate.objects.values_list("chat_id", flat=True)) == [
         allowed.id
     ]
+
+
+@pytest.mark.parametrize("body", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
+def test_hostile_json_is_a_400_and_stores_nothing(enqueued: list, body: bytes) -> None:
+    response = post(body, raw=True)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    assert response.json()["error"]["message"]
+    assert not TelegramUpdate.objects.exists()
+    assert enqueued == []
 
 
 @pytest.mark.parametrize(
