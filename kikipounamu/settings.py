@@ -639,6 +639,12 @@ OPS_DASHBOARD_INTERVAL = env.float("OPS_DASHBOARD_INTERVAL", default=3)
 # /metrics (Prometheus text format). Set to require "Authorization: Bearer <token>".
 # https://prometheus.io/docs/prometheus/latest/configuration/configuration/#scrape_config
 METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")
+# Without a token, only clients from these networks may read /metrics (default: this
+# machine). A reverse proxy on this machine makes every client look local: behind
+# one, set the token.
+METRICS_ALLOWED_NETWORKS = env.list(
+    "METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"]
+)
 
 # Retention (beat): audio of finished jobs is deleted after ASR_RETENTION_AUDIO_DAYS,
 # the job rows (with their history) after ASR_RETENTION_JOB_DAYS. 0 keeps forever.

@@ -9,11 +9,13 @@ https://prometheus.github.io/client_python/collector/custom/
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count
 from django.db.models import DurationField
 from django.db.models import ExpressionWrapper
@@ -178,3 +180,16 @@ class JobCollector(Collector):
 
 registry = CollectorRegistry(auto_describe=False)
 registry.register(JobCollector())
+
+
+def client_allowed(address: str) -> bool:
+    """Whether a client at ``address`` may read /metrics without the bearer token
+    (METRICS_ALLOWED_NETWORKS)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(
+        ip in ipaddress.ip_network(network, strict=False)
+        for network in settings.METRICS_ALLOWED_NETWORKS
+    )

@@ -34,6 +34,13 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(given.encode(), token.encode()):
             return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    elif not metrics.client_allowed(request.META.get("REMOTE_ADDR", "")):
+        return HttpResponse(
+            "forbidden: /metrics answers this machine only; set METRICS_BEARER_TOKEN "
+            "(or METRICS_ALLOWED_NETWORKS) to read it from elsewhere\n",
+            status=403,
+            content_type="text/plain",
+        )
     return HttpResponse(
         generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST
     )

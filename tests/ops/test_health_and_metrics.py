@@ -142,3 +142,24 @@ def test_metrics_token_when_one_is_set(settings: Any, broker_prefix: str) -> Non
     settings.METRICS_BEARER_TOKEN = "s3cret"
     assert Client().get("/metrics").status_code == 401
     assert scrape(Authorization="Bearer s3cret")
+
+
+def test_metrics_without_a_token_answer_this_machine_only(
+    settings: Any, broker_prefix: str
+) -> None:
+    # no token: a client from elsewhere is refused and told how to get in
+    refused = Client(REMOTE_ADDR="203.0.113.7").get("/metrics")
+    assert refused.status_code == 403
+    assert b"METRICS_BEARER_TOKEN" in refused.content
+    assert Client(REMOTE_ADDR="::1").get("/metrics").status_code == 200
+    # a network opened for the scraper
+    settings.METRICS_ALLOWED_NETWORKS = ["203.0.113.0/24"]
+    assert Client(REMOTE_ADDR="203.0.113.7").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="198.51.100.1").get("/metrics").status_code == 403
+    # with a token, the token decides, wherever the client is
+    settings.METRICS_BEARER_TOKEN = "s3cret"
+    remote = Client(REMOTE_ADDR="198.51.100.1")
+    assert remote.get("/metrics").status_code == 401
+    assert (
+        remote.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+    )
