@@ -160,6 +160,4 @@ def test_metrics_without_a_token_answer_this_machine_only(
     settings.METRICS_BEARER_TOKEN = "s3cret"
     remote = Client(REMOTE_ADDR="198.51.100.1")
     assert remote.get("/metrics").status_code == 401
-    assert (
-        remote.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
-    )
+    assert remote.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
