@@ -34,6 +34,9 @@ MAX_WAIT = 2.0
 @pytest.fixture(scope="module")
 def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
     env = {
+        # Its own queues: the session's worker, if another module started it, must
+        # not drain this module's queue.
+        "KIKI_TEST_NAMESPACE": "-load",
         "ASR_MAX_QUEUE_DEPTH": str(MAX_DEPTH),
         "API_THROTTLE_SUBMIT": "100000/min",
         "API_THROTTLE_USER": "100000/min",
