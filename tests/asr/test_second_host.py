@@ -108,6 +108,11 @@ def worker_name(worker: processes.Process) -> str:
     return f"{worker.name}@{HOST}"
 
 
+def bucket_keys(server: S3Server) -> set[str]:
+    listing = server.client().list_objects_v2(Bucket=server.bucket)
+    return {o["Key"] for o in listing.get("Contents", [])}
+
+
 def files_in(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
@@ -139,6 +144,15 @@ def test_a_worker_sharing_no_disk_transcribes_uploads_and_shares_a_long_file(
         local = start_local_worker(stack, s3_server, tmp_path / "local-media")
         long_id = api.submit(tone_with_gaps(tmp_path / "long.wav", 90)).json()["id"]
         done = api.wait(long_id, timeout=120)
+        # The merging worker deletes them just after its commit: wait, before the
+        # workers are stopped (a stop signals the pool process too).
+        deadline = time.monotonic() + 15
+        while chunks_left := [
+            k for k in bucket_keys(s3_server) if k.startswith(f"chunks/{long_id}")
+        ]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     finally:
         remote.stop()
         if local is not None:
@@ -153,17 +167,10 @@ def test_a_worker_sharing_no_disk_transcribes_uploads_and_shares_a_long_file(
     )
     assert set(hosts) == {worker_name(remote), worker_name(local)}, hosts
 
-    # the chunk objects go (just after the merge commits), the upload stays; no
-    # audio on anyone's disk
-    def keys() -> set[str]:
-        listing = s3_server.client().list_objects_v2(Bucket=s3_server.bucket)
-        return {o["Key"] for o in listing.get("Contents", [])}
-
-    deadline = time.monotonic() + 15
-    while any(k.startswith(f"chunks/{long_id}") for k in keys()):
-        assert time.monotonic() < deadline, "chunk objects left after the merge"
-        time.sleep(0.1)
-    assert Transcription.objects.get(pk=long_id).audio.name in keys()
+    # the chunk objects went (just after the merge), the upload stays; no audio on
+    # anyone's disk
+    assert chunks_left == []
+    assert Transcription.objects.get(pk=long_id).audio.name in bucket_keys(s3_server)
     for folder in (remote_media, tmp_path / "local-media", stack["media"]):
         assert files_in(folder) == [], folder
 
