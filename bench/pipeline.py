@@ -1217,20 +1217,7 @@ def s3_storages(server: Any) -> dict[str, Any]:
     """STORAGES as settings.py builds them from ``server.env()``."""
     from django.conf import settings
 
-    from kikipounamu.storages import s3_storage
-
-    env = server.env()
-    return {
-        **settings.STORAGES,
-        "default": s3_storage(
-            bucket=env["S3_BUCKET"],
-            endpoint_url=env["S3_ENDPOINT_URL"],
-            region=env["S3_REGION"],
-            addressing_style=env["S3_ADDRESSING_STYLE"],
-            access_key=env["S3_ACCESS_KEY_ID"],
-            secret_key=env["S3_SECRET_ACCESS_KEY"],
-        ),
-    }
+    return {**settings.STORAGES, "default": server.storage()}
 
 
 def storage_calls(clip: Path, repeat: int) -> dict[str, list[float]]:

@@ -35,6 +35,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError
 
+from kikipounamu.storages import s3_storage
 from tests.processes import Process
 from tests.processes import free_ports
 
@@ -173,6 +174,19 @@ class S3Server:
         if sse:
             env["S3_SSE"] = sse
         return env
+
+    def storage(self, **options: Any) -> dict[str, Any]:
+        """This process's ``STORAGES["default"]`` for this bucket, as settings.py
+        builds it from :meth:`env`; ``options``: more of ``s3_storage``'s."""
+        return s3_storage(
+            bucket=self.bucket,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            addressing_style="path",
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            **options,
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         return self.process.log_tail(lines) if self.process else ""

@@ -19,7 +19,6 @@ from asr.services import attempts
 from asr.services import dispatch
 from asr.services import processing
 from asr.services.retention import retention_purge
-from kikipounamu.storages import s3_storage
 from tests.asr.test_api import wav_bytes
 from tests.factories import UserFactory
 from tests.s3_server import S3Server
@@ -27,15 +26,8 @@ from tests.s3_server import S3Server
 
 def s3_storages(server: S3Server, **options: Any) -> dict[str, Any]:
     """STORAGES as settings.py builds it from ``server.env()``."""
-    env = server.env()
     return {
-        "default": s3_storage(
-            bucket=env["S3_BUCKET"],
-            endpoint_url=env["S3_ENDPOINT_URL"],
-            region=env["S3_REGION"],
-            addressing_style=env["S3_ADDRESSING_STYLE"],
-            access_key=env["S3_ACCESS_KEY_ID"],
-            secret_key=env["S3_SECRET_ACCESS_KEY"],
+        "default": server.storage(
             # Fail fast while the server is down: one try, short time-outs.
             connect_timeout=1,
             read_timeout=5,
