@@ -29,6 +29,9 @@ class Transcription(models.Model):
         WEB = "web"
         TELEGRAM = "telegram"
         CLI = "cli"
+        # A live dictation session (asr.realtime.live): its audio streamed over a
+        # WebSocket, its text the session's finals (LiveUtterance).
+        LIVE = "live"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
@@ -208,3 +211,49 @@ class TranscriptionChunk(models.Model):
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+
+class LiveUtterance(models.Model):
+    """One final of a live session: an utterance cut at a voice-activity end point
+    (or at LIVE_MAX_UTTERANCE_SECONDS), transcribed by a live worker.
+
+    Stored before it is sent, so a client that reconnects gets every final it missed;
+    ``index`` counts from 0 in the session, and the unique constraint makes a second
+    run of the same utterance (a redelivered message) store nothing new. Times are
+    seconds in the session's audio; ``segments`` carry session times too.
+    """
+
+    transcription = models.ForeignKey(
+        Transcription, on_delete=models.CASCADE, related_name="utterances"
+    )
+    index = models.PositiveIntegerField()
+    start = models.FloatField()
+    end = models.FloatField()
+    text = models.TextField(blank=True)
+    segments = models.JSONField(default=list, blank=True)
+    language = models.CharField(max_length=16, blank=True)
+    worker_hostname = models.CharField(max_length=255, blank=True)
+    engine_seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["transcription", "index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["transcription", "index"], name="unique_utterance_index"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.transcription_id} utterance {self.index}"
+
+    def as_final(self) -> dict[str, Any]:
+        """The final as every live protocol builds its message from."""
+        return {
+            "index": self.index,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+            "language": self.language,
+            "segments": self.segments,
+        }

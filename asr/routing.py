@@ -2,9 +2,11 @@ from django.urls import path
 
 from asr.ops.consumers import OpsConsumer
 from asr.realtime import consumers
+from asr.realtime.live import NativeLiveConsumer
 
 websocket_urlpatterns = [
     path("ws/ops/", OpsConsumer.as_asgi()),
+    path("ws/live/", NativeLiveConsumer.as_asgi()),
     path("ws/transcriptions/", consumers.FeedConsumer.as_asgi()),
     path(
         "ws/transcriptions/<uuid:transcription_id>/",

@@ -13,8 +13,10 @@ from django.conf import settings
 
 from asr import services
 from asr.broker import held_task_ids
+from asr.realtime import live_push
 from asr.realtime import sender as realtime_sender
 from asr.services import fanout
+from asr.services import live
 from asr.services.attempts import TRANSIENT_ERRORS
 from asr.services.retention import retention_purge
 from asr.worker import get_engine
@@ -67,12 +69,66 @@ def transcribe_chunk(self: Any, chunk_id: str) -> None:
     )
 
 
+# Live work (the `live` and `live_partial` queues, their own workers: file jobs
+# never stand in front of it). A final is acknowledged late and given back when its
+# worker dies, so the utterance runs again elsewhere; it is idempotent (one row per
+# utterance). A partial is not: a lost one is replaced by the stream's next.
+_LIVE_TASK: dict[str, Any] = {
+    **_ENGINE_TASK,
+    "retry_backoff": 1,
+    "retry_backoff_max": 10,
+}
+
+
+@shared_task(name="asr.live_partial", bind=True, ignore_result=True, acks_late=False)
+def live_partial(self: Any, session_id: str, index: int, end: int) -> None:
+    """Utterance ``index`` of a live session so far (up to sample ``end``)."""
+    result = None
+    try:
+        result = live.live_partial(
+            session_id=session_id, index=index, end=end, engine=get_engine()
+        )
+    finally:
+        # Answered, with text or not (an error): the stream may ask for its next.
+        live_push.partial(session_id, index, result)
+
+
+@shared_task(name="asr.live_final", **_LIVE_TASK)
+def live_final(self: Any, session_id: str, index: int) -> None:
+    """Utterance ``index``'s final: stored, then pushed. A redelivered message
+    pushes the stored final again; the stream drops copies by index."""
+    final, _ = live.live_final(
+        session_id=session_id,
+        index=index,
+        engine=get_engine(),
+        hostname=self.request.hostname or settings.WORKER_HOSTNAME,
+    )
+    if final is not None:
+        live_push.final(session_id, final)
+
+
+@shared_task(name="asr.live_finish", **_LIVE_TASK)
+def live_finish(self: Any, session_id: str) -> None:
+    """End a live session: missing finals made, audio stored, the job succeeded."""
+    job, made = live.live_finish(
+        session_id=session_id,
+        engine=get_engine(),
+        hostname=self.request.hostname or settings.WORKER_HOSTNAME,
+    )
+    for final in made:
+        live_push.final(session_id, final)
+    if job is not None:
+        live_push.finished(session_id, job)
+
+
 @shared_task(name="asr.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
-    """Periodic (beat): re-send jobs whose broker message was lost."""
+    """Periodic (beat): re-send jobs whose broker message was lost, and finish live
+    sessions no connection will."""
     held = held_task_ids(["asr"])
     counts = services.transcription_reconcile(broker_task_ids=held)
     counts.update(services.fanout_reconcile(broker_task_ids=held))
+    counts.update(live.live_reconcile())
     if any(counts.values()):
         logger.warning("reconcile: %s", counts)
     return counts
@@ -89,16 +145,27 @@ def _preload_engine(**_: Any) -> None:
     # Load the model when the process starts so the first job does not pay for it,
     # but only in workers that consume the asr queue.
     queues = set(app.amqp.queues.consume_from or {})
-    if settings.ASR_PRELOAD and "asr" in queues:
+    if settings.ASR_PRELOAD and queues & {"asr", "live"}:
         get_engine()
     # What the process loaded (Django, the engine's Python side) stays for its
     # life: keep it out of the cyclic collector's full passes (see kikipounamu/asgi.py).
     gc.freeze()
 
 
+_ENGINE_TASK_NAMES = frozenset(
+    (
+        "asr.transcribe",
+        "asr.transcribe_chunk",
+        "asr.live_partial",
+        "asr.live_final",
+        "asr.live_finish",
+    )
+)
+
+
 @task_postrun.connect
 def _after_asr_task(sender: Any = None, **_: Any) -> None:
-    if getattr(sender, "name", "") not in ("asr.transcribe", "asr.transcribe_chunk"):
+    if getattr(sender, "name", "") not in _ENGINE_TASK_NAMES:
         return
     # Pushes to browsers go out in the background while a task runs; they must be
     # out before the process may be recycled.

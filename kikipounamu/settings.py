@@ -223,6 +223,40 @@ FILE_UPLOAD_PERMISSIONS = 0o640
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/upload/"
 
+# Live dictation (asr.realtime.live) ----------------------------------------------------
+# Live streams all web processes together take at once; past it a new stream is
+# closed with 1013 "busy, retry in N s".
+LIVE_MAX_STREAMS = env.int("LIVE_MAX_STREAMS", default=600)
+# And while this many live messages wait (the live workers cannot keep up).
+LIVE_MAX_QUEUE_DEPTH = env.int("LIVE_MAX_QUEUE_DEPTH", default=500)
+# Longest session (seconds of audio); at it the session ends as if stopped.
+LIVE_MAX_SESSION_SECONDS = env.float("LIVE_MAX_SESSION_SECONDS", default=1800)
+# No audio for this long: the session ends (the client is gone or forgot to stop).
+LIVE_IDLE_SECONDS = env.float("LIVE_IDLE_SECONDS", default=30)
+# The start message must come within this long of the connection.
+LIVE_START_TIMEOUT = env.float("LIVE_START_TIMEOUT", default=10)
+# A dropped connection's session waits this long for its client to come back with
+# its id before it is finished.
+LIVE_RESUME_SECONDS = env.float("LIVE_RESUME_SECONDS", default=60)
+# A session's Redis keys expire this long after the last write (its audio is in Redis
+# until the finish stores it: about 32 KB per second of audio).
+LIVE_STATE_TTL = env.int(
+    "LIVE_STATE_TTL",
+    default=int(LIVE_MAX_SESSION_SECONDS + 2 * LIVE_RESUME_SECONDS + 600),
+)
+# Voice-activity end points: a pause this long ends an utterance; none lasts longer
+# than LIVE_MAX_UTTERANCE_SECONDS (its final's cost is bounded).
+LIVE_ENDPOINT_SILENCE_MS = env.int("LIVE_ENDPOINT_SILENCE_MS", default=400)
+LIVE_MAX_UTTERANCE_SECONDS = env.float("LIVE_MAX_UTTERANCE_SECONDS", default=25)
+# WebRTC VAD aggressiveness 0-3 (3: the fewest noises taken for speech).
+LIVE_VAD_MODE = env.int("LIVE_VAD_MODE", default=3)
+# A partial is asked for after this much new speech, one at a time per stream.
+LIVE_PARTIAL_INTERVAL = env.float("LIVE_PARTIAL_INTERVAL", default=0.6)
+# FunASR's clients send no credentials: accepted from these networks without a token.
+LIVE_TRUSTED_NETWORKS = env.list(
+    "LIVE_TRUSTED_NETWORKS", default=["127.0.0.0/8", "::1"]
+)
+
 # Redis: broker, result backend, cache and channel layer ------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 # No Redis given: the project's own, this checkout's (kikipounamu/redis_server.py),
@@ -366,6 +400,11 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "asr.transcribe": {"queue": "asr"},
     "asr.transcribe_chunk": {"queue": "asr"},
+    # Live work has queues and workers of its own, so file jobs never stand in front
+    # of a final; partials wait behind finals (queue_order_strategy below).
+    "asr.live_final": {"queue": "live"},
+    "asr.live_finish": {"queue": "live"},
+    "asr.live_partial": {"queue": "live_partial"},
     "bots.*": {"queue": "bots"},
 }
 # One message at a time per process: a long GPU job must not hold others hostage.
@@ -444,6 +483,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Sweeps take milliseconds, and two at once are safe (each message is restored in
     # a WATCH transaction that only one wins), so the lock need not outlive them long.
     "unacked_mutex_expire": env.int("BROKER_UNACKED_MUTEX_EXPIRE", default=30),
+    # A worker of several queues takes from them in name order, not round robin:
+    # `-Q live,live_partial` runs every waiting final before any partial (kombu's
+    # "priority" strategy would follow a set's order, which varies per process).
+    "queue_order_strategy": "sorted",
 }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT

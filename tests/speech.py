@@ -57,3 +57,40 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
         reference_transform=_normalise,
         hypothesis_transform=_normalise,
     )
+
+
+def speech_stream(
+    sentences: list[str],
+    folder: Path,
+    *,
+    rate: int = 16_000,
+    lead: float = 0.5,
+    gap: float = 1.2,
+    tail: float = 1.0,
+) -> tuple[bytes, list[tuple[float, float, str]]]:
+    """The sentences spoken one after another as one PCM16 mono stream at ``rate``,
+    with ``gap`` seconds of silence between them; and where each one's speech is
+    (its first and last sample above a whisper, in seconds) with its text."""
+    import wave
+
+    import numpy as np
+    import soxr
+
+    parts = [np.zeros(int(lead * rate), np.int16)]
+    spans = []
+    position = parts[0].size
+    for i, text in enumerate(sentences):
+        path = espeak(text, folder / f"stream-{i}.wav")
+        with wave.open(str(path)) as wav:
+            raw = np.frombuffer(wav.readframes(wav.getnframes()), np.int16)
+            samples = soxr.resample(raw, wav.getframerate(), rate).astype(np.int16)
+        loud = np.nonzero(np.abs(samples) > 300)[0]
+        spans.append(((position + loud[0]) / rate, (position + loud[-1]) / rate, text))
+        parts.append(samples)
+        position += samples.size
+        silence = np.zeros(
+            int((gap if i < len(sentences) - 1 else tail) * rate), np.int16
+        )
+        parts.append(silence)
+        position += silence.size
+    return np.concatenate(parts).astype("<i2").tobytes(), spans

@@ -159,6 +159,8 @@ class WhisperEngine(SequentialBatchMixin):
             # pauses kept, did no better on bench/wer.py's speech: tiny.en's text
             # changes with any change to its input, for better and worse alike.
             vad_filter=vad_filter,
+            # Words to favour (a live session's hot words), as a prompt would.
+            hotwords=options.get("hotwords") or None,
         )
         segments = []
         for seg in segments_iter:

@@ -47,6 +47,8 @@ def transcription_reconcile(
             # fanout_reconcile.
             chunks__isnull=True,
         )
+        # A live session runs while it streams: live_reconcile's rule.
+        .exclude(source=Transcription.Source.LIVE)
         .exclude(batch_task_id="", task_id__in=broker_task_ids)
         .exclude(status=Status.RUNNING, batch_task_id__in=broker_task_ids)
     )

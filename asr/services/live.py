@@ -1,0 +1,349 @@
+"""Live dictation sessions: opening one (the web), its partials, finals and end (the
+live workers), and the reconciler's rule for sessions nobody finished.
+
+A session is a job (source ``live``) from its first message: ``running`` while it
+streams, ``succeeded`` once ``live_finish`` has stored its audio and transcript. Its
+audio and the utterances the web cut are in Redis (asr.live_store) until then; each
+final is a LiveUtterance row written before anyone is told of it, so a reconnecting
+client, and the finish, read finals only from the database.
+
+What a worker computes is returned, not pushed: the tasks push (asr.realtime sits
+above the services).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import uuid
+import wave
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError
+from django.db import transaction
+from django.utils import timezone
+
+from asr import live_store
+from asr import storage
+from asr.events import transcription_event_record
+from asr.models import LiveUtterance
+from asr.models import Transcription
+from asr.models import TranscriptionEvent
+from kikipounamu import dispatch
+
+logger = logging.getLogger(__name__)
+
+RATE = 16_000
+Status = Transcription.Status
+Kind = TranscriptionEvent.Kind
+
+
+# The web side ---------------------------------------------------------------------
+
+
+def live_session_open(
+    *,
+    owner: Any,
+    language: str | None,
+    protocol: str,
+    sample_rate: int,
+    name: str = "",
+) -> Transcription:
+    """The session's job row, running from the start, and its accepted event."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Transcription.objects.create(
+            owner=owner if owner is not None and owner.is_authenticated else None,
+            source=Transcription.Source.LIVE,
+            status=Status.RUNNING,
+            original_filename=(name or "live session")[:255],
+            audio_format="live",
+            language=language or "",
+            engine=settings.ASR_ENGINE,
+            started_at=now,
+            attempts=1,
+            meta={"protocol": protocol, "client_sample_rate": sample_rate},
+        )
+        transcription_event_record(
+            transcription_id=job.pk,
+            kind=Kind.ACCEPTED,
+            data={"source": "live", "protocol": protocol},
+            job=job,
+        )
+    return job
+
+
+def live_session_for(*, user: Any, session_id: str) -> Transcription | None:
+    """The live session ``user`` may resume or read; None if none (or not theirs)."""
+    try:
+        uuid.UUID(str(session_id))
+    except ValueError:
+        return None
+    job = Transcription.objects.filter(
+        pk=session_id, source=Transcription.Source.LIVE
+    ).first()
+    if job is None:
+        return None
+    if job.owner_id is not None and (
+        user is None or not user.is_authenticated or user.pk != job.owner_id
+    ):
+        return None
+    return job
+
+
+def live_finals_after(*, session_id: str, after: int) -> list[dict[str, Any]]:
+    """The session's stored finals with an index above ``after``, in order."""
+    return [
+        utterance.as_final()
+        for utterance in LiveUtterance.objects.filter(
+            transcription_id=session_id, index__gt=after
+        ).order_by("index")
+    ]
+
+
+def live_enqueue(name: str, args: list[Any], *, what: str, **options: Any) -> bool:
+    """Send a live task (routed to the live queues by name, CELERY_TASK_ROUTES)."""
+    return dispatch.send(name, args, what=what, **options)
+
+
+# The worker side ------------------------------------------------------------------
+
+
+def _engine_options(state: dict[str, str], *, partial: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if state.get("hotwords"):
+        options["hotwords"] = state["hotwords"]
+    if partial:
+        # A partial is replaced within a second: greedy decoding, and no second VAD
+        # pass over audio the web's VAD already found speech in.
+        options.update(beam_size=1, vad_filter=False)
+    return options
+
+
+def live_partial(
+    *, session_id: str, index: int, end: int, engine: Any
+) -> dict[str, Any] | None:
+    """Text of utterance ``index`` so far (its start up to sample ``end``), or None
+    when it is no longer wanted: its final is already on its way, or the session is
+    gone."""
+    state = live_store.state(session_id)
+    if not state or live_store.utterance_bounds(state, index) is not None:
+        return None
+    start = int(state.get(f"s:{index}", -1))
+    if start < 0 or end <= start:
+        return None
+    samples = live_store.audio_range(session_id, start, end)
+    result = engine.transcribe(
+        samples,
+        RATE,
+        state.get("language") or None,
+        **_engine_options(state, partial=True),
+    )
+    return {
+        "utterance": index,
+        "text": result.text,
+        "start": round(start / RATE, 3),
+        "end": round(end / RATE, 3),
+    }
+
+
+def live_final(
+    *, session_id: str, index: int, engine: Any, hostname: str
+) -> tuple[dict[str, Any] | None, bool]:
+    """Utterance ``index``'s final, stored: (final, made now). A second run (a
+    redelivered message, the finish catching up) stores nothing new and returns the
+    stored one, so a client told twice sees the same index and drops the copy."""
+    stored = LiveUtterance.objects.filter(
+        transcription_id=session_id, index=index
+    ).first()
+    if stored is not None:
+        return stored.as_final(), False
+    state = live_store.state(session_id)
+    bounds = live_store.utterance_bounds(state, index) if state else None
+    if bounds is None and state.get("state") != "streaming":
+        bounds = live_store.utterance_open_bounds(state, index)
+    if bounds is None:
+        logger.warning(
+            "live session %s: utterance %d has no audio in Redis (expired?)",
+            session_id,
+            index,
+        )
+        return None, False
+    start, end = bounds
+    samples = live_store.audio_range(session_id, start, end)
+    started = time.monotonic()
+    result = engine.transcribe(
+        samples,
+        RATE,
+        state.get("language") or None,
+        **_engine_options(state, partial=False),
+    )
+    offset = start / RATE
+    segments = [
+        {
+            **segment,
+            "start": round(segment["start"] + offset, 3),
+            "end": round(segment["end"] + offset, 3),
+            **(
+                {
+                    "words": [
+                        {
+                            **word,
+                            "start": round(word["start"] + offset, 3),
+                            "end": round(word["end"] + offset, 3),
+                        }
+                        for word in segment["words"]
+                    ]
+                }
+                if segment.get("words")
+                else {}
+            ),
+        }
+        for segment in result.segments_as_dicts()
+        if segment.get("text")
+    ]
+    try:
+        with transaction.atomic():
+            utterance = LiveUtterance.objects.create(
+                transcription_id=session_id,
+                index=index,
+                start=round(offset, 3),
+                end=round(end / RATE, 3),
+                text=result.text,
+                segments=segments,
+                language=result.language or "",
+                worker_hostname=hostname,
+                engine_seconds=round(time.monotonic() - started, 4),
+            )
+    except IntegrityError:
+        # Another run stored it first (or the session's row is gone).
+        stored = LiveUtterance.objects.filter(
+            transcription_id=session_id, index=index
+        ).first()
+        return (stored.as_final() if stored else None), False
+    return utterance.as_final(), True
+
+
+def live_finish(
+    *, session_id: str, engine: Any, hostname: str
+) -> tuple[Transcription | None, list[dict[str, Any]]]:
+    """End the session: every final stored (those still missing made here), the
+    audio in the store as a WAV, the job succeeded with its transcript. Idempotent:
+    a finished session is returned as it is.
+
+    Returns the job (None if it is gone, or still streaming after a reconnect) and
+    the finals this call made, for the task to push.
+    """
+    job = Transcription.objects.filter(pk=session_id).first()
+    if job is None:
+        return None, []
+    if job.status != Status.RUNNING:
+        return job, []
+    state = live_store.state(session_id)
+    if state.get("state") == "streaming":
+        # Resumed since this finish was asked for: the new connection ends it.
+        return None, []
+    count = int(state.get("next", 0)) if state else 0
+    made = []
+    for index in range(count):
+        final, new = live_final(
+            session_id=session_id, index=index, engine=engine, hostname=hostname
+        )
+        if new and final is not None:
+            made.append(final)
+    pcm = live_store.audio_all(session_id) or b""
+    name = ""
+    if pcm:
+        name = storage.audio_save(
+            f"audio/{job.created_at:%Y/%m/%d}/{uuid.uuid4().hex}.wav", wav_bytes(pcm)
+        )
+    utterances = list(LiveUtterance.objects.filter(transcription_id=session_id))
+    segments = [segment for u in utterances for segment in u.segments]
+    duration = len(pcm) / live_store.BYTES_PER_SAMPLE / RATE
+    languages = [u.language for u in utterances if u.language]
+    now = timezone.now()
+    engine_seconds = sum(u.engine_seconds or 0 for u in utterances)
+    with transaction.atomic():
+        updated = Transcription.objects.filter(pk=job.pk, status=Status.RUNNING).update(
+            status=Status.SUCCEEDED,
+            text=" ".join(u.text for u in utterances if u.text).strip(),
+            segments=segments,
+            audio=name,
+            audio_codec="pcm_s16le" if name else "",
+            audio_size=len(pcm) + 44 if name else 0,
+            duration=round(duration, 3),
+            detected_language=max(set(languages), key=languages.count)
+            if languages
+            else "",
+            model=engine.model_name,
+            device=engine.device,
+            worker_hostname=hostname,
+            finished_at=now,
+            engine_seconds=round(engine_seconds, 4),
+            processing_seconds=round(
+                (now - (job.started_at or job.created_at)).total_seconds(), 3
+            ),
+            real_time_factor=round(engine_seconds / duration, 4) if duration else None,
+            meta={
+                **job.meta,
+                "utterances": len(utterances),
+                "worker_pid": os.getpid(),
+            },
+        )
+        if not updated:
+            if name:
+                storage.audio_delete([name])
+            job.refresh_from_db()
+            return job, made
+        job.refresh_from_db()
+        transcription_event_record(
+            transcription_id=job.pk,
+            kind=Kind.SUCCEEDED,
+            data={"utterances": len(utterances), "duration": job.duration},
+            job=job,
+        )
+    live_store.session_delete(session_id)
+    return job, made
+
+
+def wav_bytes(pcm: bytes) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(live_store.BYTES_PER_SAMPLE)
+        wav.setframerate(RATE)
+        wav.writeframes(pcm)
+    return out.getvalue()
+
+
+def live_reconcile(*, active_window: float | None = None) -> dict[str, int]:
+    """Ask for the finish of live sessions no connection will finish: the web
+    process that streamed one died, or its client never came back.
+
+    A session is left alone while some connection streamed it within the last
+    LIVE_RESUME_SECONDS (the live:active scores).
+    """
+    window = active_window or settings.LIVE_RESUME_SECONDS
+    now = time.time()
+    scores = dict(live_store.active_scores())
+    cutoff = timezone.now() - timedelta(seconds=window)
+    count = 0
+    running = Transcription.objects.filter(
+        source=Transcription.Source.LIVE, status=Status.RUNNING, created_at__lt=cutoff
+    ).values_list("pk", flat=True)
+    for pk in running:
+        last = scores.get(str(pk))
+        if last is not None and now - last < window:
+            continue
+        state = live_store.state(str(pk))
+        if state.get("state") == "streaming" and last is not None:
+            continue
+        if live_store.finish_requested(str(pk), ttl=window):
+            count += live_enqueue(
+                "asr.live_finish", [str(pk)], what=f"live session {pk}"
+            )
+    return {"live_finished": count}
