@@ -11,9 +11,10 @@ Keys (under the broker's prefix, so a test run's keys are its own):
   live:<id>:pcm     the audio so far
   live:<id>         hash: owner, language, hotwords, next (utterances cut so far),
                     samples, state (streaming | detached | stopped), conn (the
-                    connection streaming it), u:<i> ("start end" of utterance i,
+                    connection streaming it), detached_at (when it dropped), u:<i> ("start end" of utterance i,
                     in samples)
-  live:active       sorted set: session id -> last time a connection streamed it
+  live:active       sorted set: session id -> last time its connection said it
+                    was streaming (every few seconds; removed when it stops)
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ async def utterance_end(session_id: str, index: int, start: int, end: int) -> No
 # one that resumed it meanwhile keeps it streaming.
 _DETACH = """
 if redis.call('HGET', KEYS[1], 'conn') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'state', 'detached')
+  redis.call('HSET', KEYS[1], 'state', 'detached', 'detached_at', ARGV[2])
   return 1
 end
 return 0
@@ -120,7 +121,9 @@ return 0
 
 
 async def detach_if_owner(session_id: str, conn: str) -> bool:
-    return bool(await aclient().eval(_DETACH, 1, _key(session_id), conn))
+    return bool(
+        await aclient().eval(_DETACH, 1, _key(session_id), conn, str(time.time()))
+    )
 
 
 async def active_touch(session_id: str) -> None:

@@ -287,6 +287,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(
                 live_group(self.session_id), self.channel_name
             )
+            # No longer streaming: out of the count of live streams.
+            with contextlib.suppress(Exception):
+                await live_store.active_remove(self.session_id)
             if not self.stopping:
                 # Gone mid-stream: its speech so far becomes a final, and the session
                 # waits LIVE_RESUME_SECONDS for the client to come back with its id.
@@ -420,7 +423,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             if job.status == Transcription.Status.RUNNING:
                 await self._ask_finish()
             else:
-                await self._finished(job_payload(job))
+                await self._finished(await database_sync_to_async(job_payload)(job))
             return False
         previous = state.get("conn")
         if previous and previous != self.channel_name:

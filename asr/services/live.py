@@ -320,30 +320,35 @@ def wav_bytes(pcm: bytes) -> bytes:
     return out.getvalue()
 
 
-def live_reconcile(*, active_window: float | None = None) -> dict[str, int]:
-    """Ask for the finish of live sessions no connection will finish: the web
-    process that streamed one died, or its client never came back.
+def live_reconcile(*, resume_seconds: float | None = None) -> dict[str, int]:
+    """Ask for the finish of live sessions no connection will finish.
 
-    A session is left alone while some connection streamed it within the last
-    LIVE_RESUME_SECONDS (the live:active scores).
+    Left alone: a session some connection said it streams within the last 30 s (the
+    live:active scores, renewed every 5 s), and one dropped less than
+    LIVE_RESUME_SECONDS ago (its client may come back; its own delayed finish is
+    on its way). Finished: a dropped or stopped one past that, one whose streaming
+    web process died (its score aged), one whose Redis state is gone.
     """
-    window = active_window or settings.LIVE_RESUME_SECONDS
+    window = resume_seconds or settings.LIVE_RESUME_SECONDS
     now = time.time()
     scores = dict(live_store.active_scores())
-    cutoff = timezone.now() - timedelta(seconds=window)
+    # Younger sessions cannot be stale yet.
+    cutoff = timezone.now() - timedelta(seconds=30)
     count = 0
     running = Transcription.objects.filter(
         source=Transcription.Source.LIVE, status=Status.RUNNING, created_at__lt=cutoff
     ).values_list("pk", flat=True)
     for pk in running:
-        last = scores.get(str(pk))
-        if last is not None and now - last < window:
+        session_id = str(pk)
+        last = scores.get(session_id)
+        if last is not None and now - last < 30:
             continue
-        state = live_store.state(str(pk))
-        if state.get("state") == "streaming" and last is not None:
+        state = live_store.state(session_id)
+        dropped_at = float(state.get("detached_at", 0))
+        if state.get("state") == "detached" and now - dropped_at < window:
             continue
-        if live_store.finish_requested(str(pk), ttl=window):
+        if live_store.finish_requested(session_id, ttl=window):
             count += live_enqueue(
-                "asr.live_finish", [str(pk)], what=f"live session {pk}"
+                "asr.live_finish", [session_id], what=f"live session {session_id}"
             )
     return {"live_finished": count}

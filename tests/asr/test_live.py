@@ -69,3 +69,83 @@ def test_a_stream_gets_partials_and_one_final_per_sentence_and_becomes_a_job(
     assert stored["text"] == run.text()
     assert len(stored["segments"]) >= len(SENTENCES)
     assert stored["duration"] == pytest.approx(len(pcm) / 32000, abs=0.05)
+
+
+async def _stream_until_finals(url: str, pcm: bytes, finals: int) -> tuple[str, list]:
+    """Stream until ``finals`` finals came, then drop the connection (no stop)."""
+    import json
+
+    import websockets
+
+    got: list[dict[str, Any]] = []
+    session = ""
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+        session = json.loads(await ws.recv())["session"]
+
+        async def send() -> None:
+            for offset in range(0, len(pcm), 3200):
+                await ws.send(pcm[offset : offset + 3200])
+                await asyncio.sleep(0.05)
+
+        sender = asyncio.ensure_future(send())
+        async for raw in ws:
+            message = json.loads(raw)
+            if message["type"] == "final":
+                got.append(message)
+                if len(got) == finals:
+                    break
+        sender.cancel()
+    return session, got
+
+
+def test_a_client_that_reconnects_gets_the_finals_it_missed_and_goes_on(
+    web: str, live_worker: Any, token: str, tmp_path: Path
+) -> None:
+    first, _ = speech_stream(SENTENCES, tmp_path, gap=1.0)
+    more, _ = speech_stream(
+        ["We will meet again next week to finish the project."], tmp_path
+    )
+    url = ws_url(web, token=token)
+    # Gone after the first final, mid-way through the second sentence or later:
+    # the speech it sent so far is cut into finals it has not seen.
+    session, seen = asyncio.run(_stream_until_finals(url, first, 1))
+    assert [f["index"] for f in seen] == [0]
+    run = asyncio.run(stream(url, more, start={"session": session, "last_final": 0}))
+    (ready,) = run.of("ready")
+    assert ready["resumed"] and ready["session"] == session
+    finals = run.of("final")
+    indexes = [f["index"] for f in finals]
+    assert indexes == list(range(1, len(indexes) + 1)), indexes
+    assert "project" in finals[-1]["text"].lower()
+    (end,) = run.of("end")
+    assert end["job"]["status"] == "succeeded"
+    texts = [seen[0]["text"]] + [f["text"] for f in finals]
+    assert end["job"]["text"] == " ".join(t for t in texts if t)
+
+
+def test_a_finished_session_read_again_gives_its_finals_and_its_end(
+    web: str, live_worker: Any, token: str, tmp_path: Path
+) -> None:
+    pcm, _ = speech_stream(SENTENCES[:2], tmp_path)
+    url = ws_url(web, token=token)
+    first = asyncio.run(stream(url, pcm))
+    again = asyncio.run(
+        stream(url, b"", start={"session": first.session, "last_final": 0})
+    )
+    assert [f["index"] for f in again.of("final")] == [1]
+    assert again.of("final")[0]["text"] == first.of("final")[1]["text"]
+    assert again.of("end")[0]["job"]["id"] == first.session
+
+
+def test_someone_elses_session_is_not_found(
+    web: str, live_worker: Any, token: str, tmp_path: Path
+) -> None:
+    pcm, _ = speech_stream(SENTENCES[:1], tmp_path)
+    first = asyncio.run(stream(ws_url(web, token=token), pcm))
+    other = Token.objects.create(user=UserFactory()).key
+    run = asyncio.run(
+        stream(ws_url(web, token=other), b"", start={"session": first.session})
+    )
+    assert run.close_code == 4404
+    assert run.of("error")[0]["code"] == "session_not_found"
