@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from asr import services
+from asr.models import LiveUtterance
 from asr.models import Transcription
 from asr.models import TranscriptionChunk
 from asr.models import TranscriptionEvent
@@ -55,6 +56,29 @@ class TranscriptionChunkInline(admin.TabularInline):
         return False
 
 
+class LiveUtteranceInline(admin.TabularInline):
+    """The finals of a live session, as they were stored."""
+
+    model = LiveUtterance
+    fields = (
+        "index",
+        "start",
+        "end",
+        "text",
+        "language",
+        "worker_hostname",
+        "engine_seconds",
+        "created_at",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["index"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Transcription)
 class TranscriptionAdmin(admin.ModelAdmin):
     list_display = [
@@ -72,7 +96,11 @@ class TranscriptionAdmin(admin.ModelAdmin):
     search_fields = ["id", "original_filename", "text", "audio_sha256", "task_id"]
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
-    inlines = [TranscriptionChunkInline, TranscriptionEventInline]
+    inlines = [
+        LiveUtteranceInline,
+        TranscriptionChunkInline,
+        TranscriptionEventInline,
+    ]
     actions = ["retry_jobs", "cancel_jobs", "delete_audio"]
     fieldsets = [
         (

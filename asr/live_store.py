@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -47,19 +48,22 @@ def utterance_field(index: int) -> str:
 
 # Web side (asyncio) -------------------------------------------------------------------
 
-_async_clients: dict[int, aioredis.Redis] = {}
+# Weakly: a loop that is gone (a test's asyncio.run) takes its client with it.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def aclient() -> Any:
     """This event loop's client (a connection pool belongs to one loop). Typed
     loosely: redis-py's stubs give sync and async commands one return type."""
-    loop_id = id(asyncio.get_running_loop())
-    client = _async_clients.get(loop_id)
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
     if client is None:
         client = aioredis.Redis.from_url(
             settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5
         )
-        _async_clients[loop_id] = client
+        _async_clients[loop] = client
     return client
 
 

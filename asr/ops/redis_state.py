@@ -18,7 +18,7 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-QUEUES = ("asr", "bots", "default")
+QUEUES = ("asr", "live", "live_partial", "bots", "default")
 # kombu's Redis transport keeps one list per priority step beside the plain one.
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
