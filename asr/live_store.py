@@ -13,6 +13,7 @@ Keys (under the broker's prefix, so a test run's keys are its own):
                     samples, state (streaming | detached | stopped), conn (the
                     connection streaming it), detached_at (when it dropped), u:<i> ("start end" of utterance i,
                     in samples)
+  live:<id>:prep:<i> utterance i transcribed ahead of its end point (JSON)
   live:active       sorted set: session id -> last time its connection said it
                     was streaming (every few seconds; removed when it stops)
 """
@@ -20,6 +21,7 @@ Keys (under the broker's prefix, so a test run's keys are its own):
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import weakref
 from typing import Any
@@ -204,9 +206,28 @@ def finish_requested(session_id: str, *, ttl: float) -> bool:
     return bool(client().set(_key(session_id, ":finish"), 1, nx=True, ex=int(ttl)))
 
 
+def prepared_set(
+    session_id: str, index: int, text: dict[str, Any], *, ttl: int | None = None
+) -> None:
+    """A final's text made ahead of its end point (asr.services.live.live_prepare)."""
+    client().set(
+        _key(session_id, f":prep:{index}"),
+        json.dumps(text),
+        ex=ttl or settings.LIVE_STATE_TTL,
+    )
+
+
+def prepared_get(session_id: str, index: int) -> dict[str, Any] | None:
+    raw: Any = client().get(_key(session_id, f":prep:{index}"))
+    return None if raw is None else dict(json.loads(raw))
+
+
 def session_delete(session_id: str) -> None:
     pipe = client().pipeline(transaction=False)
     pipe.delete(_key(session_id), _key(session_id, ":pcm"), _key(session_id, ":finish"))
+    # Prepared finals: one key per utterance, few; they expire anyway.
+    for key in client().scan_iter(match=_key(session_id, ":prep:*"), count=1000):
+        pipe.delete(key)
     pipe.zrem(_active_key(), session_id)
     pipe.execute()
 

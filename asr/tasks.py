@@ -93,6 +93,15 @@ def live_partial(self: Any, session_id: str, index: int, end: int) -> None:
         live_push.partial(session_id, index, result)
 
 
+@shared_task(name="asr.live_prepare", bind=True, ignore_result=True, acks_late=False)
+def live_prepare(self: Any, session_id: str, index: int, start: int, end: int) -> None:
+    """Utterance ``index`` as it would end at ``end``: ready for its final. Lost,
+    it costs only time (the final transcribes it itself)."""
+    live.live_prepare(
+        session_id=session_id, index=index, start=start, end=end, engine=get_engine()
+    )
+
+
 @shared_task(name="asr.live_final", **_LIVE_TASK)
 def live_final(self: Any, session_id: str, index: int) -> None:
     """Utterance ``index``'s final: stored, then pushed. A redelivered message
@@ -157,6 +166,7 @@ _ENGINE_TASK_NAMES = frozenset(
         "asr.transcribe",
         "asr.transcribe_chunk",
         "asr.live_partial",
+        "asr.live_prepare",
         "asr.live_final",
         "asr.live_finish",
     )

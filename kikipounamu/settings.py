@@ -403,6 +403,7 @@ CELERY_TASK_ROUTES = {
     # Live work has queues and workers of its own, so file jobs never stand in front
     # of a final; partials wait behind finals (queue_order_strategy below).
     "asr.live_final": {"queue": "live"},
+    "asr.live_prepare": {"queue": "live"},
     "asr.live_finish": {"queue": "live"},
     "asr.live_partial": {"queue": "live_partial"},
     "bots.*": {"queue": "bots"},

@@ -157,6 +157,15 @@ class Endpointer:
             return [cut, Begin(self.position)]
         return []
 
+    def likely_end(self) -> int | None:
+        """Where the open utterance ends if the pause now begun lasts: once the
+        pause is ``tail_ms`` long, the end an end point would give (so its final's
+        audio is all here already). None while speech goes on."""
+        if not self.in_speech:
+            return None
+        end = self._last_voiced_end + self.config.tail_ms * self._ms
+        return end if self.position >= end else None
+
     def _close(self, end: int, reason: str) -> Utterance:
         self.in_speech = False
         self._silent_frames = 0

@@ -8,8 +8,10 @@ Per audio frame the consumer only converts, resamples to 16 kHz, runs the VAD
 (asr.realtime.endpointing) and buffers; about every quarter second, and before any
 task is sent, the buffer is appended to the session's audio in Redis
 (asr.live_store), where a live worker on any machine reads it. At decision points it
-enqueues: while someone speaks, one partial at a time (``asr.live_partial``); at an
-end point, the utterance's final (``asr.live_final``). Workers push results to the
+enqueues: while someone speaks, one partial at a time (``asr.live_partial``); when a
+pause begins, the utterance as it would end there (``asr.live_prepare``); at the end
+point, the utterance's final (``asr.live_final``), which takes the prepared text when
+its audio is the same. Workers push results to the
 session's group (asr.realtime.live_push); finals go to the client in index order,
 each once, and a final that was pushed but never arrived (the channel layer is at
 most once) is read from the database. After stop, once every final is in, the
@@ -350,6 +352,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.partial_in_flight: int | None = None
         self.partial_asked_at = 0.0
         self.partial_end = 0
+        self.prepared: tuple[int, int] = (-1, -1)
         self.last_partial: tuple[int, int] = (-1, -1)
         self.finals_waiting: dict[int, dict[str, Any]] = {}
         self.ended_at: dict[int, float] = {}
@@ -480,8 +483,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if len(self.pending) >= FLUSH_SAMPLES * 2:
             await self._flush()
         ep = self.endpointer
+        likely_end = ep.likely_end()
+        if likely_end is not None and self.prepared != (self.open_index, likely_end):
+            await self._prepare(likely_end)
+            return
         if (
             ep.in_speech
+            and likely_end is None
             and self.partial_in_flight is None
             and ep.position - max(self.partial_end, ep.speech_start)
             >= settings.LIVE_PARTIAL_INTERVAL * RATE
@@ -509,6 +517,20 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.ended_at[index] = time.monotonic()
         await self._enqueue("asr.live_final", [self.session_id, index])
         await self.send_speech_stopped(index, utterance.end / RATE)
+
+    async def _prepare(self, end: int) -> None:
+        """A pause began: transcribe the utterance as it would end now, ahead of the
+        end point (LIVE_ENDPOINT_SILENCE_MS later). If the pause lasts, the final
+        finds that text ready; if speech resumes, it was a partial's worth of work.
+        Whisper's cost per call hardly depends on the audio's length (it always
+        encodes 30 s), so this takes most of a final's compute off its latency."""
+        await self._flush()
+        self.prepared = (self.open_index, end)
+        await self._enqueue(
+            "asr.live_prepare",
+            [self.session_id, self.open_index, self.endpointer.speech_start, end],
+            expires=PARTIAL_EXPIRES_SECONDS,
+        )
 
     async def _ask_partial(self) -> None:
         await self._flush()

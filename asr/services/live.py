@@ -151,29 +151,11 @@ def live_partial(
     }
 
 
-def live_final(
-    *, session_id: str, index: int, engine: Any, hostname: str
-) -> tuple[dict[str, Any] | None, bool]:
-    """Utterance ``index``'s final, stored: (final, made now). A second run (a
-    redelivered message, the finish catching up) stores nothing new and returns the
-    stored one, so a client told twice sees the same index and drops the copy."""
-    stored = LiveUtterance.objects.filter(
-        transcription_id=session_id, index=index
-    ).first()
-    if stored is not None:
-        return stored.as_final(), False
-    state = live_store.state(session_id)
-    bounds = live_store.utterance_bounds(state, index) if state else None
-    if bounds is None and state.get("state") != "streaming":
-        bounds = live_store.utterance_open_bounds(state, index)
-    if bounds is None:
-        logger.warning(
-            "live session %s: utterance %d has no audio in Redis (expired?)",
-            session_id,
-            index,
-        )
-        return None, False
-    start, end = bounds
+def _utterance_text(
+    state: dict[str, str], session_id: str, start: int, end: int, engine: Any
+) -> dict[str, Any]:
+    """Samples [start, end) transcribed as a final is: text, language, segments
+    (in session seconds), engine seconds."""
     samples = live_store.audio_range(session_id, start, end)
     started = time.monotonic()
     result = engine.transcribe(
@@ -206,18 +188,93 @@ def live_final(
         for segment in result.segments_as_dicts()
         if segment.get("text")
     ]
+    return {
+        "text": result.text,
+        "language": result.language or "",
+        "segments": segments,
+        "engine_seconds": round(time.monotonic() - started, 4),
+    }
+
+
+def live_prepare(
+    *, session_id: str, index: int, start: int, end: int, engine: Any
+) -> bool:
+    """Utterance ``index`` transcribed as if it ended at ``end`` (a pause began
+    there), kept in Redis for its final. Skipped when the final is already made or
+    the utterance ended elsewhere. True if it ran."""
+    state = live_store.state(session_id)
+    if not state:
+        return False
+    bounds = live_store.utterance_bounds(state, index)
+    if bounds is not None and bounds != (start, end):
+        return False
+    if LiveUtterance.objects.filter(transcription_id=session_id, index=index).exists():
+        return False
+    # Said first: a final that starts meanwhile on another process waits for this
+    # text rather than making it a second time.
+    live_store.prepared_set(
+        session_id, index, {"start": start, "end": end, "pending": True}, ttl=15
+    )
+    text = _utterance_text(state, session_id, start, end, engine)
+    live_store.prepared_set(session_id, index, {"start": start, "end": end, **text})
+    return True
+
+
+def _prepared_text(
+    session_id: str, index: int, start: int, end: int, *, wait: float = 3.0
+) -> dict[str, Any] | None:
+    """The prepared text of utterance ``index`` if it covers [start, end); one
+    still being made is waited for (up to ``wait`` seconds)."""
+    deadline = time.monotonic() + wait
+    while True:
+        prepared = live_store.prepared_get(session_id, index)
+        if prepared is None or (prepared["start"], prepared["end"]) != (start, end):
+            return None
+        if not prepared.get("pending"):
+            return prepared
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+def live_final(
+    *, session_id: str, index: int, engine: Any, hostname: str
+) -> tuple[dict[str, Any] | None, bool]:
+    """Utterance ``index``'s final, stored: (final, made now). A second run (a
+    redelivered message, the finish catching up) stores nothing new and returns the
+    stored one, so a client told twice sees the same index and drops the copy."""
+    stored = LiveUtterance.objects.filter(
+        transcription_id=session_id, index=index
+    ).first()
+    if stored is not None:
+        return stored.as_final(), False
+    state = live_store.state(session_id)
+    bounds = live_store.utterance_bounds(state, index) if state else None
+    if bounds is None and state.get("state") != "streaming":
+        bounds = live_store.utterance_open_bounds(state, index)
+    if bounds is None:
+        logger.warning(
+            "live session %s: utterance %d has no audio in Redis (expired?)",
+            session_id,
+            index,
+        )
+        return None, False
+    start, end = bounds
+    text = _prepared_text(session_id, index, start, end) or _utterance_text(
+        state, session_id, start, end, engine
+    )
     try:
         with transaction.atomic():
             utterance = LiveUtterance.objects.create(
                 transcription_id=session_id,
                 index=index,
-                start=round(offset, 3),
+                start=round(start / RATE, 3),
                 end=round(end / RATE, 3),
-                text=result.text,
-                segments=segments,
-                language=result.language or "",
+                text=text["text"],
+                segments=text["segments"],
+                language=text["language"],
                 worker_hostname=hostname,
-                engine_seconds=round(time.monotonic() - started, 4),
+                engine_seconds=text["engine_seconds"],
             )
     except IntegrityError:
         # Another run stored it first (or the session's row is gone).
