@@ -153,16 +153,18 @@ def test_the_reconciler_finishes_only_sessions_nobody_will(monkeypatch) -> None:
 
 
 def test_a_final_takes_the_text_prepared_for_its_audio_and_only_that() -> None:
-    session = open_session(utterances=[(1.0, 3.0), (4.0, 5.5)], seconds=6)
+    session = open_session(utterances=[(1.0, 3.0)], seconds=6)
     engine = CountingEngine()
-    # Prepared when the pause began: the first as it ended, the second earlier
-    # (speech went on after that pause).
+    asyncio.run(live_store.utterance_begin(session, 1, 4 * RATE))
+    # Prepared when a pause began: the first as it ended; the second at a pause
+    # after which speech went on.
     assert live.live_prepare(
         session_id=session, index=0, start=RATE, end=3 * RATE, engine=engine
     )
     assert live.live_prepare(
         session_id=session, index=1, start=4 * RATE, end=5 * RATE, engine=engine
     )
+    asyncio.run(live_store.utterance_end(session, 1, 4 * RATE, int(5.5 * RATE)))
     first, _ = live.live_final(session_id=session, index=0, engine=engine, hostname="h")
     second, _ = live.live_final(
         session_id=session, index=1, engine=engine, hostname="h"
@@ -170,7 +172,10 @@ def test_a_final_takes_the_text_prepared_for_its_audio_and_only_that() -> None:
     assert first is not None and first["text"] == "words 1"
     assert second is not None and second["text"] == "words 3"
     assert len(engine.calls) == 3
-    # A prepare for an utterance whose final is made does nothing.
+    # Nothing to prepare once the final is made, or for other bounds than its own.
     assert not live.live_prepare(
         session_id=session, index=0, start=RATE, end=3 * RATE, engine=engine
+    )
+    assert not live.live_prepare(
+        session_id=session, index=1, start=4 * RATE, end=5 * RATE, engine=engine
     )
