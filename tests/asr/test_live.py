@@ -149,3 +149,51 @@ def test_someone_elses_session_is_not_found(
     )
     assert run.close_code == 4404
     assert run.of("error")[0]["code"] == "session_not_found"
+
+
+def _listener_pid(base: str) -> int:
+    import psutil
+
+    port = int(base.rsplit(":", 1)[1])
+    (pid,) = {
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.laddr and c.laddr.port == port and c.status == "LISTEN"
+    }
+    return int(pid)
+
+
+def test_a_client_that_does_not_read_cannot_grow_the_servers_memory(
+    web: str, live_worker: Any, token: str, tmp_path: Path
+) -> None:
+    import json
+
+    import psutil
+    import websockets
+
+    from tests.speech import SENTENCES as ALL
+
+    server = psutil.Process(_listener_pid(web))
+    pcm, _ = speech_stream(ALL, tmp_path, gap=0.8)
+
+    async def scenario() -> tuple[int, list[dict[str, Any]]]:
+        # Reads nothing until it has sent all its audio (about 50 s, at 20x real
+        # time): what the server sends meanwhile waits in the socket.
+        async with websockets.connect(ws_url(web, token=token), max_queue=1) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            before = peak = server.memory_info().rss
+            for offset in range(0, len(pcm), 3200):
+                await ws.send(pcm[offset : offset + 3200])
+                await asyncio.sleep(0.005)
+                peak = max(peak, server.memory_info().rss)
+            await ws.send(json.dumps({"type": "stop"}))
+            messages = []
+            async with asyncio.timeout(120):
+                async for raw in ws:
+                    messages.append(json.loads(raw))
+            return peak - before, messages
+
+    growth, messages = asyncio.run(scenario())
+    assert growth < 20 * 2**20, f"web RSS grew {growth / 2**20:.1f} MB"
+    assert messages[-1]["type"] == "end"
+    assert len([m for m in messages if m["type"] == "final"]) == len(ALL)
