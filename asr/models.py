@@ -232,6 +232,11 @@ class LiveUtterance(models.Model):
     text = models.TextField(blank=True)
     segments = models.JSONField(default=list, blank=True)
     language = models.CharField(max_length=16, blank=True)
+    # An utterance the engine could not transcribe (an engine that refused it, or
+    # was unavailable past its retries): its final is sent with the error and no
+    # text, and the session goes on.
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
     worker_hostname = models.CharField(max_length=255, blank=True)
     engine_seconds = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -256,4 +261,9 @@ class LiveUtterance(models.Model):
             "text": self.text,
             "language": self.language,
             "segments": self.segments,
+            **(
+                {"error": {"code": self.error_code, "message": self.error_message}}
+                if self.error_code
+                else {}
+            ),
         }

@@ -17,7 +17,11 @@ from asr.realtime import live_push
 from asr.realtime import sender as realtime_sender
 from asr.services import fanout
 from asr.services import live
+from asr.services.attempts import PERMANENT_ERRORS
 from asr.services.attempts import TRANSIENT_ERRORS
+from asr.services.attempts import failure_of
+from asr.services.attempts import internal_failure
+from asr.services.attempts import transient_failure
 from asr.services.retention import retention_purge
 from asr.worker import get_engine
 from asr.worker import recycle_if_over_vram
@@ -102,16 +106,54 @@ def live_prepare(self: Any, session_id: str, index: int, start: int, end: int) -
     )
 
 
-@shared_task(name="asr.live_final", **_LIVE_TASK)
+@shared_task(
+    name="asr.live_final",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=3,
+)
 def live_final(self: Any, session_id: str, index: int) -> None:
     """Utterance ``index``'s final: stored, then pushed. A redelivered message
-    pushes the stored final again; the stream drops copies by index."""
-    final, _ = live.live_final(
-        session_id=session_id,
-        index=index,
-        engine=get_engine(),
-        hostname=self.request.hostname or settings.WORKER_HOSTNAME,
-    )
+    pushes the stored final again; the stream drops copies by index. An utterance
+    the engine refuses, or cannot run past the retries, is stored as a failed final:
+    the stream is told and goes on (a final never goes missing)."""
+    hostname = self.request.hostname or settings.WORKER_HOSTNAME
+    try:
+        final, _ = live.live_final(
+            session_id=session_id, index=index, engine=get_engine(), hostname=hostname
+        )
+    except TRANSIENT_ERRORS as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(
+                exc=exc, countdown=min(10, 2**self.request.retries)
+            ) from exc
+        final, _ = live.live_final_failed(
+            session_id=session_id,
+            index=index,
+            failure=transient_failure(
+                exc, attempts=settings.ASR_MAX_ATTEMPTS, what="this utterance"
+            ),
+            hostname=hostname,
+        )
+    except PERMANENT_ERRORS as exc:
+        final, _ = live.live_final_failed(
+            session_id=session_id,
+            index=index,
+            failure=failure_of(exc, what="this utterance"),
+            hostname=hostname,
+        )
+    except Exception:
+        # A bug, not the audio: logged with its traceback, and the utterance still
+        # gets its final (an error), or the stream would wait for it in vain.
+        logger.exception("live session %s: utterance %d failed", session_id, index)
+        final, _ = live.live_final_failed(
+            session_id=session_id,
+            index=index,
+            failure=internal_failure(what="this utterance"),
+            hostname=hostname,
+        )
     if final is not None:
         live_push.final(session_id, final)
 

@@ -233,6 +233,9 @@ LIVE_MAX_QUEUE_DEPTH = env.int("LIVE_MAX_QUEUE_DEPTH", default=500)
 LIVE_MAX_SESSION_SECONDS = env.float("LIVE_MAX_SESSION_SECONDS", default=1800)
 # No audio for this long: the session ends (the client is gone or forgot to stop).
 LIVE_IDLE_SECONDS = env.float("LIVE_IDLE_SECONDS", default=30)
+# After stop, the client waits at most this long for its last finals and the end;
+# then it is told the session will be finished later (no live worker answers).
+LIVE_FINISH_TIMEOUT = env.float("LIVE_FINISH_TIMEOUT", default=60)
 # The start message must come within this long of the connection.
 LIVE_START_TIMEOUT = env.float("LIVE_START_TIMEOUT", default=10)
 # A dropped connection's session waits this long for its client to come back with

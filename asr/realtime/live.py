@@ -195,7 +195,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.started = False
         self.ended = False
+        self.gone = False
         self.stopping = False
+        self.stopped_at = 0.0
         self.session_id = ""
         self._tick_task: asyncio.Task[None] | None = None
         self.opened_at = time.monotonic()
@@ -280,7 +282,21 @@ class LiveConsumer(AsyncWebsocketConsumer):
         )
         self.ended = True
 
+    async def send(
+        self,
+        text_data: str | None = None,
+        bytes_data: bytes | None = None,
+        close: bool = False,
+    ) -> None:
+        # After the client went away nothing can reach it; what disconnect() still
+        # does (the open utterance's final, the delayed finish) must not stop at a
+        # send that fails.
+        if self.gone:
+            return
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+
     async def disconnect(self, code: int) -> None:
+        self.gone = True
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -561,6 +577,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if self.stopping:
             return
         self.stopping = True
+        self.stopped_at = time.monotonic()
         await self._end_stream()
         await live_store.session_set(self.session_id, state="stopped")
         await self._maybe_finish()
@@ -572,7 +589,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if self.partial_in_flight == index:
             self.partial_in_flight = None
         result = message.get("result")
-        if not result or self.stopping or index in self.ended_at:
+        # Still shown after its utterance ended, until the final replaces it: the
+        # text comes sooner. Never after the final.
+        if not result or index < self.next_final:
             return
         # A partial covering less than one already shown is older: dropped.
         end = round(result["end"] * RATE)
@@ -683,6 +702,29 @@ class LiveConsumer(AsyncWebsocketConsumer):
             if job is not None and job.is_finished:
                 await self._catch_up()
                 await self._finished(await database_sync_to_async(job_payload)(job))
+        if (
+            self.stopping
+            and self.stopped_at
+            and now - self.stopped_at > settings.LIVE_FINISH_TIMEOUT
+        ):
+            # No live worker answers. The session is kept (its audio in Redis, the
+            # finals made so far), and its finish waits in the queue behind its
+            # finals for the first live worker that comes.
+            await live_store.session_set(
+                self.session_id, state="detached", detached_at=str(time.time())
+            )
+            if not self.finish_asked:
+                await self._ask_finish()
+            await self.refuse(
+                LiveRefusal(
+                    TRY_AGAIN_LATER,
+                    "workers_unavailable",
+                    f"No live worker finished this session within "
+                    f"{settings.LIVE_FINISH_TIMEOUT:.0f} s; it is kept and will be "
+                    f"finished when one does (job {self.session_id}).",
+                )
+            )
+            return
         if now - self.last_touch > 5 and not self.stopping:
             self.last_touch = now
             await live_store.active_touch(self.session_id)

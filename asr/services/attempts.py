@@ -55,6 +55,7 @@ WORKER_LOST = "worker_lost"
 ENGINE_UNAVAILABLE = "engine_unavailable"
 AUDIO_MISSING = "audio_missing"
 STORAGE_UNAVAILABLE = "storage_unavailable"
+INTERNAL_ERROR = "internal_error"
 
 # What an attempt transcribes, in the messages below: the whole audio, or a part.
 WHOLE = "this audio"
@@ -114,6 +115,15 @@ def audio_missing(*, what: str = WHOLE) -> Failure:
     # A chunk's audio is cut from the job's: running the job again cuts it anew.
     return Failure(
         AUDIO_MISSING, "Part of this job's audio is no longer stored; retry the job."
+    )
+
+
+def internal_failure(*, what: str = WHOLE) -> Failure:
+    """Something of ours broke (logged with its traceback where it happened)."""
+    return Failure(
+        INTERNAL_ERROR,
+        f"The server could not transcribe {what} because of an error of its own; "
+        "the operators have it in the worker's log.",
     )
 
 

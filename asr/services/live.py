@@ -33,6 +33,7 @@ from asr.events import transcription_event_record
 from asr.models import LiveUtterance
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
+from asr.services import attempts
 from kikipounamu import dispatch
 
 logger = logging.getLogger(__name__)
@@ -237,21 +238,30 @@ def _prepared_text(
         time.sleep(0.02)
 
 
+def _utterance_bounds(session_id: str, index: int) -> tuple[int, int] | None:
+    state = live_store.state(session_id)
+    bounds = live_store.utterance_bounds(state, index) if state else None
+    if bounds is None and state.get("state") != "streaming":
+        bounds = live_store.utterance_open_bounds(state, index)
+    return bounds
+
+
 def live_final(
     *, session_id: str, index: int, engine: Any, hostname: str
 ) -> tuple[dict[str, Any] | None, bool]:
     """Utterance ``index``'s final, stored: (final, made now). A second run (a
     redelivered message, the finish catching up) stores nothing new and returns the
-    stored one, so a client told twice sees the same index and drops the copy."""
+    stored one, so a client told twice sees the same index and drops the copy.
+
+    Raises what the engine raises (``attempts.PERMANENT_ERRORS``, transient ones):
+    the task decides, and stores the failure with ``live_final_failed``.
+    """
     stored = LiveUtterance.objects.filter(
         transcription_id=session_id, index=index
     ).first()
     if stored is not None:
         return stored.as_final(), False
-    state = live_store.state(session_id)
-    bounds = live_store.utterance_bounds(state, index) if state else None
-    if bounds is None and state.get("state") != "streaming":
-        bounds = live_store.utterance_open_bounds(state, index)
+    bounds = _utterance_bounds(session_id, index)
     if bounds is None:
         logger.warning(
             "live session %s: utterance %d has no audio in Redis (expired?)",
@@ -261,8 +271,48 @@ def live_final(
         return None, False
     start, end = bounds
     text = _prepared_text(session_id, index, start, end) or _utterance_text(
-        state, session_id, start, end, engine
+        live_store.state(session_id), session_id, start, end, engine
     )
+    return _final_store(
+        session_id,
+        index,
+        start=start,
+        end=end,
+        worker_hostname=hostname,
+        text=text["text"],
+        segments=text["segments"],
+        language=text["language"],
+        engine_seconds=text["engine_seconds"],
+    )
+
+
+def live_final_failed(
+    *, session_id: str, index: int, failure: attempts.Failure, hostname: str
+) -> tuple[dict[str, Any] | None, bool]:
+    """Utterance ``index`` could not be transcribed: its final is stored with the
+    error and no text (the session goes on; its client is told)."""
+    bounds = _utterance_bounds(session_id, index) or (0, 0)
+    logger.warning(
+        "live session %s: utterance %d failed %s: %s",
+        session_id,
+        index,
+        failure.code,
+        failure.message,
+    )
+    return _final_store(
+        session_id,
+        index,
+        start=bounds[0],
+        end=bounds[1],
+        worker_hostname=hostname,
+        error_code=failure.code,
+        error_message=failure.message,
+    )
+
+
+def _final_store(
+    session_id: str, index: int, *, start: int, end: int, **fields: Any
+) -> tuple[dict[str, Any] | None, bool]:
     try:
         with transaction.atomic():
             utterance = LiveUtterance.objects.create(
@@ -270,11 +320,7 @@ def live_final(
                 index=index,
                 start=round(start / RATE, 3),
                 end=round(end / RATE, 3),
-                text=text["text"],
-                segments=text["segments"],
-                language=text["language"],
-                worker_hostname=hostname,
-                engine_seconds=text["engine_seconds"],
+                **fields,
             )
     except IntegrityError:
         # Another run stored it first (or the session's row is gone).
@@ -324,9 +370,15 @@ def live_finish(
     languages = [u.language for u in utterances if u.language]
     now = timezone.now()
     engine_seconds = sum(u.engine_seconds or 0 for u in utterances)
+    # Every utterance failed (an engine that refuses this language, say): the
+    # session failed, with their reason; some did: it succeeded with the rest.
+    failures = [u for u in utterances if u.error_code]
+    failed = bool(utterances) and len(failures) == len(utterances)
     with transaction.atomic():
         updated = Transcription.objects.filter(pk=job.pk, status=Status.RUNNING).update(
-            status=Status.SUCCEEDED,
+            status=Status.FAILED if failed else Status.SUCCEEDED,
+            error_code=failures[0].error_code if failed else "",
+            error_message=failures[0].error_message if failed else "",
             text=" ".join(u.text for u in utterances if u.text).strip(),
             segments=segments,
             audio=name,
@@ -359,7 +411,7 @@ def live_finish(
         job.refresh_from_db()
         transcription_event_record(
             transcription_id=job.pk,
-            kind=Kind.SUCCEEDED,
+            kind=Kind.FAILED if failed else Kind.SUCCEEDED,
             data={"utterances": len(utterances), "duration": job.duration},
             job=job,
         )

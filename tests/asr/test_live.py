@@ -197,3 +197,18 @@ def test_a_client_that_does_not_read_cannot_grow_the_servers_memory(
     assert growth < 20 * 2**20, f"web RSS grew {growth / 2**20:.1f} MB"
     assert messages[-1]["type"] == "end"
     assert len([m for m in messages if m["type"] == "final"]) == len(ALL)
+
+
+def test_utterances_the_engine_refuses_are_failed_finals_and_fail_the_session(
+    web: str, live_worker: Any, token: str, tmp_path: Path
+) -> None:
+    pcm, _ = speech_stream(SENTENCES[:2], tmp_path)
+    # tiny.en transcribes English only.
+    run = asyncio.run(stream(ws_url(web, token=token), pcm, start={"language": "fr"}))
+    finals = run.of("final")
+    assert [f["index"] for f in finals] == [0, 1]
+    assert {f["error"]["code"] for f in finals} == {"unsupported_language"}
+    assert all(f["text"] == "" for f in finals)
+    job = run.of("end")[0]["job"]
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "unsupported_language"
