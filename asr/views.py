@@ -1,5 +1,6 @@
 """The staff upload page. It is a shell: uploads go to the REST API with the session,
-and the list lives over the WebSocket feed."""
+dictation streams to the live socket (/ws/live/), and the list lives over the
+WebSocket feed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from asr.languages import LANGUAGE_CODES
+from asr.realtime.endpointing import ACCEPTED_RATES
 
 
 @login_required
@@ -26,5 +28,7 @@ def upload_page(request: HttpRequest) -> HttpResponse:
             "languages": sorted(LANGUAGE_CODES),
             "max_upload_mb": settings.ASR_MAX_UPLOAD_BYTES // 1_000_000,
             "heartbeat_seconds": settings.WS_HEARTBEAT_SECONDS,
+            # The microphone's rate is sent as it is when the live socket takes it.
+            "live_rates": ACCEPTED_RATES,
         },
     )

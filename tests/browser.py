@@ -14,8 +14,9 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+@contextlib.contextmanager
+def launched(*extra_args: str) -> Iterator[Any]:
+    """A headless Chromium, with ``extra_args`` on its command line."""
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an event loop running in this thread, which makes
@@ -24,30 +25,54 @@ def browser() -> Iterator[Any]:
     # https://docs.djangoproject.com/en/5.2/topics/async/#envvar-DJANGO_ALLOW_ASYNC_UNSAFE
     mp = pytest.MonkeyPatch()
     mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            # This machine has no network: keep Chromium from trying to reach one.
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                # This machine has no network: keep Chromium from trying to reach one.
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    *extra_args,
+                ],
+            )
+            yield browser
+            browser.close()
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with launched() as browser:
         yield browser
-        browser.close()
-    mp.undo()
+
+
+def fake_microphone_args(wav: Path) -> list[str]:
+    """Chromium's fake capture device playing ``wav`` (looped) as the microphone,
+    granted without a prompt."""
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+    ]
 
 
 @contextlib.contextmanager
-def signed_in(browser: Any, base: str, path: str, user: Any) -> Iterator[Any]:
-    """A page at ``path``, reached through the sign-in form it redirects to."""
+def signed_in(
+    browser: Any, base: str, path: str, user: Any, *, init_script: str = ""
+) -> Iterator[Any]:
+    """A page at ``path``, reached through the sign-in form it redirects to;
+    ``init_script`` runs in every document before the page's own scripts."""
     context = browser.new_context(base_url=base)
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     page.set_default_timeout(60_000)
     try:

@@ -47,6 +47,7 @@
       return job.queue_position ? `queued · #${job.queue_position} in line` : "queued";
     }
     if (job.status === "running") {
+      if (job.source === "live") return "dictating…";
       if (job.duration && job.processed_seconds) {
         const pct = Math.min(100, Math.round((100 * job.processed_seconds) / job.duration));
         return `transcribing · ${pct}%`;
@@ -93,7 +94,9 @@
       item.append(transcript);
     }
     const actions = el("div", { class: "actions" });
-    if (job.links && job.links.audio) {
+    // A live session's audio is stored when it ends.
+    const audioStored = job.source !== "live" || job.status === "succeeded";
+    if (job.links && job.links.audio && audioStored) {
       actions.append(el("audio", { controls: true, preload: "none", src: job.links.audio }));
     }
     if (job.status === "succeeded") {
@@ -264,6 +267,12 @@
     event.preventDefault();
     dropZone.classList.remove("over");
     uploadAll(event.dataTransfer.files);
+  });
+
+  // A dictation session (dictation.js) hands over the job it became, which the feed
+  // also brings: whichever comes second is dropped by its sequence number.
+  document.addEventListener("kiki:job", (event) => {
+    if (accept(event.detail)) render(event.detail.id);
   });
 
   connect();
