@@ -172,6 +172,43 @@ class Endpointer:
         self._floor = end
         return Utterance(self.speech_start, end, reason)
 
+    def cut(self, reason: str) -> Utterance | None:
+        """End the open utterance here, whatever the VAD says (a client's commit)."""
+        if not self.in_speech:
+            return None
+        return self._close(self.position, reason)
+
+    def discard(self) -> Utterance | None:
+        """Drop the open utterance (a client's clear): it ends where it began, with
+        no audio, so its index still gets its (empty) final."""
+        if not self.in_speech:
+            return None
+        return self._close(self.speech_start, "cleared")
+
+    def tune(
+        self,
+        *,
+        end_silence_ms: int | None = None,
+        pre_roll_ms: int | None = None,
+        mode: int | None = None,
+    ) -> None:
+        """New settings from now on (a client's turn detection)."""
+        from dataclasses import replace
+
+        changes = {
+            name: value
+            for name, value in (
+                ("end_silence_ms", end_silence_ms),
+                ("pre_roll_ms", pre_roll_ms),
+                ("mode", mode),
+            )
+            if value is not None
+        }
+        self.config = replace(self.config, **changes)
+        self._frames_end = max(1, self.config.end_silence_ms // 20)
+        if mode is not None:
+            self._vad = webrtcvad.Vad(self.config.mode)
+
     def finish(self) -> Utterance | None:
         """The stream ended: the open utterance, if any, up to the last sample."""
         self.position += self._pending.size

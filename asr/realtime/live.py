@@ -189,6 +189,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
     protocol = "native"
     # Whether a client may connect without a user: FunASR's clients send none.
     trusted_networks_allowed = False
+    # Whether a dropped connection's session waits for its client to resume it
+    # (LIVE_RESUME_SECONDS); a protocol without resumption ends it at once.
+    resumable = True
 
     # Connection ---------------------------------------------------------------------
 
@@ -219,6 +222,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.refuse(busy)
             return
         self._tick_task = asyncio.ensure_future(self._tick())
+        try:
+            await self.after_accept()
+        except LiveRefusal as refusal:
+            await self.refuse(refusal)
+
+    async def after_accept(self) -> None:
+        """A protocol whose session starts with the connection starts it here."""
 
     async def _authenticate(self) -> Any:
         """The user, an anonymous user from a trusted network (protocols that send
@@ -308,7 +318,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
             # No longer streaming: out of the count of live streams.
             with contextlib.suppress(Exception):
                 await live_store.active_remove(self.session_id)
-            if not self.stopping:
+            if not self.stopping and not self.resumable:
+                # The protocol's way to end a session is to close the connection.
+                with contextlib.suppress(Exception):
+                    self.stopping = True
+                    await self._end_stream()
+                    await live_store.session_set(self.session_id, state="stopped")
+                    await self._ask_finish()
+            elif not self.stopping:
                 # Gone mid-stream: its speech so far becomes a final, and the session
                 # waits LIVE_RESUME_SECONDS for the client to come back with its id.
                 with contextlib.suppress(Exception):
@@ -547,6 +564,24 @@ class LiveConsumer(AsyncWebsocketConsumer):
             [self.session_id, self.open_index, self.endpointer.speech_start, end],
             expires=PARTIAL_EXPIRES_SECONDS,
         )
+
+    async def commit_utterance(self) -> bool:
+        """End the open utterance now (a client's commit); False if none is open."""
+        utterance = self.endpointer.cut("commit")
+        if utterance is None:
+            return False
+        await self._utterance_end(utterance)
+        return True
+
+    async def clear_utterance(self) -> int | None:
+        """Drop the open utterance (a client's clear): its final will be empty.
+        Its index, or None if none was open."""
+        utterance = self.endpointer.discard()
+        if utterance is None:
+            return None
+        index = self.open_index
+        await self._utterance_end(utterance)
+        return index
 
     async def _ask_partial(self) -> None:
         await self._flush()

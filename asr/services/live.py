@@ -270,9 +270,18 @@ def live_final(
         )
         return None, False
     start, end = bounds
-    text = _prepared_text(session_id, index, start, end) or _utterance_text(
-        live_store.state(session_id), session_id, start, end, engine
-    )
+    if end <= start:
+        # No audio: an utterance the client cleared.
+        text: dict[str, Any] = {
+            "text": "",
+            "segments": [],
+            "language": "",
+            "engine_seconds": 0.0,
+        }
+    else:
+        text = _prepared_text(session_id, index, start, end) or _utterance_text(
+            live_store.state(session_id), session_id, start, end, engine
+        )
     return _final_store(
         session_id,
         index,
