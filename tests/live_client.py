@@ -12,6 +12,8 @@ from dataclasses import field
 from typing import Any
 
 import websockets
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 
 @dataclass
@@ -90,3 +92,24 @@ async def stream(
         run.close_code = ws.close_code
         run.close_reason = ws.close_reason or ""
     return run
+
+
+def closed_with(
+    url: str, *frames: str | bytes, subprotocols: list[str] | None = None
+) -> tuple[int, str]:
+    """The close frame's code and reason after sending ``frames`` to a live socket
+    (which says nothing until it has something to say); AssertionError if it did
+    not close, or closed without a close frame."""
+    with connect(
+        url, open_timeout=10, max_size=None, subprotocols=subprotocols
+    ) as socket:
+        try:
+            for frame in frames:
+                socket.send(frame)
+            while True:
+                socket.recv(timeout=10)
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None, "closed without a close frame"
+            return closed.rcvd.code, closed.rcvd.reason
+        except TimeoutError:
+            raise AssertionError(f"{url} did not close") from None

@@ -1,7 +1,8 @@
 """Every door that parses JSON from outside, fed the same hostile bodies: the REST
 API answers 415 where it takes no JSON and 400 where it does; a WebSocket closes with RFC 6455's 1007 and a
-reason (1003 for a binary frame), and the server carries on. (The Telegram webhook:
-tests/bots/test_webhook.py.)"""
+reason (1003 for a binary frame), and the server carries on. The live sockets (ours
+at /ws/live/, FunASR's at the root) are fed them as their first message, and as a
+message mid-stream. (The Telegram webhook: tests/bots/test_webhook.py.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
 from rest_framework.test import APIClient
@@ -20,7 +23,10 @@ from asr.models import Transcription
 from kikipounamu.parsers import JSONParser
 from tests.asr.test_api import wav_bytes
 from tests.conftest import LiveApi
+from tests.factories import UserFactory
 from tests.hostile_json import HOSTILE_JSON
+from tests.live_client import closed_with as live_closed_with
+from tests.live_client import ws_url
 
 CASES = pytest.mark.parametrize("body", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
 
@@ -82,3 +88,27 @@ def test_a_job_socket_closes_1007_on_hostile_json_and_keeps_serving(
     code, _ = closed_with(job_socket, "[" * 70 + "]" * 70)
     assert code == 1007
     assert live_api.session.get(live_api.url("/healthz"), timeout=5).ok
+
+
+@pytest.mark.pipeline
+def test_the_live_sockets_close_1007_on_hostile_json_and_keep_serving(
+    web: str, transactional_db: Any
+) -> None:
+    token = Token.objects.create(user=UserFactory()).key
+    doors = {
+        # ours (with a token) and FunASR's (loopback is a trusted network there)
+        ws_url(web, token=token): '{"type": "start", "sample_rate": 16000}',
+        web.replace("http://", "ws://"): '{"mode": "2pass", "is_speaking": true}',
+    }
+    silence = b"\x00\x00" * 1600
+    for url, start in doors.items():
+        for name, body in HOSTILE_JSON.items():
+            frame = body.decode("utf-8", "surrogatepass")
+            # as the first message, and after a start and some audio
+            for frames in ((frame,), (start, silence, frame)):
+                code, reason = live_closed_with(url, *frames)
+                assert (code, bool(reason)) == (1007, True), (url, name, frames[:-1])
+    # the server still answers, on a socket and over HTTP
+    url = web.replace("http://", "ws://")
+    assert live_closed_with(url, "[" * 70 + "]" * 70)[0] == 1007
+    assert requests.get(f"{web}/healthz", timeout=5).ok

@@ -192,6 +192,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
     # Whether a dropped connection's session waits for its client to resume it
     # (LIVE_RESUME_SECONDS); a protocol without resumption ends it at once.
     resumable = True
+    # The close reason a connection without a user gets.
+    unauthorized_message = (
+        "Sign in, or pass an API token: ?token=<key> or an "
+        "'Authorization: Token <key>' header."
+    )
+    # Whether partials are asked for while someone speaks (a protocol, or a mode of
+    # one, that shows only finals spares the live workers that work).
+    wants_partials = True
 
     # Connection ---------------------------------------------------------------------
 
@@ -205,15 +213,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self._tick_task: asyncio.Task[None] | None = None
         self.opened_at = time.monotonic()
         user = await self._authenticate()
-        await self.accept()
+        await self.accept(self.choose_subprotocol(self.scope.get("subprotocols", [])))
         if user is None:
             await self.refuse(
-                LiveRefusal(
-                    UNAUTHORIZED,
-                    "unauthorized",
-                    "Sign in, or pass an API token: ?token=<key> or an "
-                    "'Authorization: Token <key>' header.",
-                )
+                LiveRefusal(UNAUTHORIZED, "unauthorized", self.unauthorized_message)
             )
             return
         self.user = user
@@ -285,7 +288,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             "live %s %s: %s", self.protocol, self.session_id or "-", refusal.message
         )
         with contextlib.suppress(Exception):
-            await self.send_error(refusal.code, refusal.message)
+            await self.send_refusal(refusal)
         await self.close(
             code=refusal.close_code,
             reason=refusal.message.encode()[:120].decode("utf-8", "ignore"),
@@ -521,7 +524,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self._prepare(likely_end)
             return
         if (
-            ep.in_speech
+            self.wants_partials
+            and ep.in_speech
             and likely_end is None
             and self.partial_in_flight is None
             and ep.position - max(self.partial_end, ep.speech_start)
@@ -775,6 +779,15 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def on_tick(self, now: float) -> None:
         """Per tick, for a protocol's own timers (heartbeats)."""
+
+    def choose_subprotocol(self, offered: list[str]) -> str | None:
+        """The subprotocol to accept among those the client offered (none here)."""
+        return None
+
+    async def send_refusal(self, refusal: LiveRefusal) -> None:
+        """What the client is told before a refusal's close frame (whose code and
+        reason say it too): an error message here."""
+        await self.send_error(refusal.code, refusal.message)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, ensure_ascii=False))

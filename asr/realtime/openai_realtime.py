@@ -10,8 +10,9 @@ The session starts with the connection (``session.created``). The client sends
 commits do. Per utterance (an "item") the server sends ``speech_started``,
 ``speech_stopped`` and ``committed``, ``conversation.item.input_audio_transcription
 .delta`` as the partial text grows, and ``.completed`` with the final. Deltas are
-append-only, as the protocol has them: a partial that revises words already sent
-adds nothing; ``.completed`` carries the final text whole. Bad input gets an
+append-only, as the protocol has them: words go out once two partials in a row agree
+on them (asr.realtime.stable_text), the final's rest as a last delta when it starts
+with the words sent; ``.completed`` carries the final text whole. Bad input gets an
 ``error`` event and the session stays open, as OpenAI's does; closing the connection
 ends the session (there is no resumption in this protocol).
 """
@@ -33,6 +34,7 @@ from asr.realtime.live import LiveConsumer
 from asr.realtime.live import LiveRefusal
 from asr.realtime.live import StartOptions
 from asr.realtime.live import start_options
+from asr.realtime.stable_text import StablePrefix
 
 RATE = 24_000
 # OpenAI's VAD threshold (0-1, higher: louder speech needed) onto WebRTC's modes.
@@ -57,7 +59,7 @@ class OpenAIRealtimeConsumer(LiveConsumer):
                 "?intent=transcription.",
             )
         self.turn_detection = True
-        self.sent: dict[int, str] = {}
+        self.stable: dict[int, StablePrefix] = {}
         self.cleared: set[int] = set()
         self.prompt = ""
         self.model = settings.ASR_ENGINE
@@ -306,11 +308,9 @@ class OpenAIRealtimeConsumer(LiveConsumer):
     async def send_partial(
         self, index: int, text: str, start: float, end: float
     ) -> None:
-        sent = self.sent.get(index, "")
-        if not text.startswith(sent) or len(text) == len(sent):
-            return  # a revision: deltas only ever append
-        self.sent[index] = text
-        await self._delta(index, text[len(sent) :])
+        delta = self.stable.setdefault(index, StablePrefix()).feed(text)
+        if delta:
+            await self._delta(index, delta)
 
     async def _delta(self, index: int, delta: str) -> None:
         await self.send_json(
@@ -343,10 +343,11 @@ class OpenAIRealtimeConsumer(LiveConsumer):
             )
             return
         text = final["text"]
-        sent = self.sent.pop(index, "")
-        if text.startswith(sent) and len(text) > len(sent):
+        stable = self.stable.pop(index, StablePrefix())
+        rest = stable.rest(text)
+        if rest:
             # The rest of the final as a last delta: the deltas add up to it.
-            await self._delta(index, text[len(sent) :])
+            await self._delta(index, rest)
         await self.send_json(
             {
                 "type": "conversation.item.input_audio_transcription.completed",
