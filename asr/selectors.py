@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from typing import Any
 
 from django.db import connection
@@ -14,9 +16,13 @@ from django.db.models import Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
+from asr.languages import LANGUAGE_CODES
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
+from asr.ops import redis_state
 from asr.ops.stats import eta_seconds
+
+logger = logging.getLogger(__name__)
 
 Status = Transcription.Status
 
@@ -127,3 +133,43 @@ def transcription_events(
 def transcription_queue_length() -> int:
     """Jobs waiting for a worker: a newcomer's place in the queue is this + 1."""
     return Transcription.objects.filter(status=Status.QUEUED).count()
+
+
+_served_cache: dict[str, tuple[float, frozenset[str] | None]] = {}
+_SERVED_TTL = 5.0
+
+
+def served_languages(queue: str = "asr") -> frozenset[str] | None:
+    """The languages the workers of ``queue`` serve now (the union of what their
+    engines reported); None when any is served, or when no worker has said (none
+    is up: a job waits for one, and fails ``unsupported_language`` then if it must).
+    Cached for a few seconds: doors ask on every request."""
+    now = time.monotonic()
+    cached = _served_cache.get(queue)
+    if cached is not None and now - cached[0] < _SERVED_TTL:
+        return cached[1]
+    try:
+        hostnames = [
+            str(w.get("hostname"))
+            for w in redis_state.live_workers()
+            if queue in (w.get("queues") or [])
+        ]
+        reports = redis_state.engine_reports(hostnames)
+    except Exception:
+        logger.warning("engine reports unreadable", exc_info=True)
+        reports = []
+    served: frozenset[str] | None
+    if not reports or any(r.get("languages") is None for r in reports):
+        served = None
+    else:
+        served = frozenset(code for r in reports for code in r["languages"])
+    if served is not None:
+        # Not "unknown": a worker that just started is heard of at the next call.
+        _served_cache[queue] = (now, served)
+    return served
+
+
+def served_language_list(queue: str = "asr") -> list[str]:
+    """What a door offers: the served languages, or every code we know."""
+    served = served_languages(queue)
+    return sorted(served if served is not None else LANGUAGE_CODES)

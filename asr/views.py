@@ -12,8 +12,8 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from asr.languages import LANGUAGE_CODES
 from asr.realtime.endpointing import ACCEPTED_RATES
+from asr.selectors import served_language_list
 
 
 @login_required
@@ -25,7 +25,8 @@ def upload_page(request: HttpRequest) -> HttpResponse:
         request,
         "asr/upload.html",
         {
-            "languages": sorted(LANGUAGE_CODES),
+            # Only what the workers' engines serve (all codes while none has said).
+            "languages": served_language_list("asr"),
             "max_upload_mb": settings.ASR_MAX_UPLOAD_BYTES // 1_000_000,
             "heartbeat_seconds": settings.WS_HEARTBEAT_SECONDS,
             # The microphone's rate is sent as it is when the live socket takes it.

@@ -106,4 +106,29 @@ def get_engine() -> Engine:
         with _lock:
             if _engine is None:
                 _engine = load_engine(settings.ASR_ENGINE, **engine_options())
+                _report(_engine)
     return _engine
+
+
+def _report(engine: Engine) -> None:
+    """Tell the doors what this worker can transcribe (asr.selectors.served_languages)."""
+    hostname = os.environ.get("KIKI_WORKER_HOSTNAME")
+    if not hostname:
+        return  # not a Celery pool process (a command, a test)
+    from asr.ops import redis_state
+
+    languages = getattr(engine, "languages", None)
+    try:
+        redis_state.engine_report(
+            hostname=hostname,
+            engine=engine.name,
+            languages=list(languages) if languages is not None else None,
+        )
+    except Exception:
+        logger.warning("engine report not written", exc_info=True)
+        return
+    logger.info(
+        "engine reported: %s, languages %s",
+        engine.name,
+        ",".join(languages) if languages is not None else "any",
+    )

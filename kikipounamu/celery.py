@@ -21,10 +21,16 @@ app.autodiscover_tasks()
 
 @signals.worker_init.connect
 @signals.beat_init.connect
-def _local_state(**_: Any) -> None:
+def _local_state(sender: Any = None, **_: Any) -> None:
     # A worker or beat is an entry point: it makes this machine's folders, secret
     # key and embedded Redis (settings only declare them), before it connects.
     local.prepare()
+    # Pool processes are forked after this: they learn their worker's name here
+    # (asr.worker reports their engine under it). Connected at import, as the
+    # apps' receivers are not yet when worker_init is sent.
+    hostname = getattr(sender, "hostname", None)
+    if hostname:
+        os.environ["KIKI_WORKER_HOSTNAME"] = hostname
 
 
 @signals.setup_logging.connect

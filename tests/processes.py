@@ -120,9 +120,11 @@ def start_worker(
     queues: str = "asr,default",
     concurrency: int = 1,
     command_prefix: Sequence[str] = (),
+    engine_reported: bool = False,
     **env: str,
 ) -> Process:
-    """A Celery worker, once it is ready; ``command_prefix`` as in :class:`Process`."""
+    """A Celery worker, once it is ready (and, with ``engine_reported``, once its
+    engine is loaded and reported); ``command_prefix`` as in :class:`Process`."""
     name = f"worker-{uuid.uuid4().hex[:6]}"
     proc = Process(
         name,
@@ -150,6 +152,9 @@ def start_worker(
         prefix=command_prefix,
     )
     proc.wait_for_log(" ready.")
+    if engine_reported:
+        # Its pool process loaded the engine and told the doors what it serves.
+        proc.wait_for_log("engine reported")
     return proc
 
 

@@ -75,6 +75,10 @@ class Engine(Protocol):
     # as FunASR on a GPU); False when it is a loop over ``transcribe``. A worker only
     # waits for more short jobs to fill a batch for engines that batch.
     batches_natively: bool
+    # The languages it can be asked for (ISO 639-1 codes, as asr.languages); None:
+    # any of them. Workers report it (asr.ops.redis_state), so that doors refuse a
+    # language no worker serves instead of failing the job later.
+    languages: tuple[str, ...] | None
 
     def transcribe(
         self,

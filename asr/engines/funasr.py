@@ -471,6 +471,11 @@ class FunASREngine:
         )
         self.architecture = str(self._model.kwargs.get("model", ""))
         self.is_sensevoice = "SenseVoice" in self.architecture
+        # SenseVoice takes its five languages; other models (Paraformer) one they
+        # were trained on, which their files do not say: any, as requested.
+        self.languages: tuple[str, ...] | None = (
+            SENSEVOICE_LANGUAGES if self.is_sensevoice else None
+        )
         self._torch_device = torch_device
         logger.info(
             "funasr model %s (%s) loaded on %s, %d threads, vad %s, punc %s",

@@ -21,6 +21,7 @@ MARKER_TEXT = "[synthetic transcript]"
 
 class SyntheticEngine(SequentialBatchMixin):
     name = "synthetic"
+    languages: tuple[str, ...] | None = None
 
     def __init__(self, *, rtf: float = 0.0, device: str = "cpu", **_: Any) -> None:
         self.rtf = rtf

@@ -112,6 +112,8 @@ class WhisperEngine(SequentialBatchMixin):
             local_files_only=True,
         )
         self.multilingual = bool(self._model.model.is_multilingual)
+        # An English-only model (tiny.en, the default) serves "en" alone.
+        self.languages: tuple[str, ...] | None = None if self.multilingual else ("en",)
         logger.info(
             "whisper model %s loaded on %s (%s, %d threads, VAD filter %s)",
             self.model_name,

@@ -6,6 +6,7 @@ tests use per run); heartbeats use the same prefix so they go with the run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -23,6 +24,7 @@ QUEUES = ("asr", "live", "live_partial", "bots", "default")
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
 _HEARTBEAT_KEY = "kiki:ops:worker:"
+_ENGINE_KEY = "kiki:ops:engine:"
 
 
 @functools.cache
@@ -71,7 +73,35 @@ def worker_heartbeat(
 
 
 def worker_gone(*, hostname: str) -> None:
-    client().delete(f"{key_prefix()}{_HEARTBEAT_KEY}{hostname}")
+    client().delete(
+        f"{key_prefix()}{_HEARTBEAT_KEY}{hostname}",
+        f"{key_prefix()}{_ENGINE_KEY}{hostname}",
+    )
+
+
+def engine_report(*, hostname: str, engine: str, languages: list[str] | None) -> None:
+    """What a worker's pool processes loaded (written by each once its engine is
+    loaded). Read only for workers with a live heartbeat: a dead worker's report is
+    ignored before it expires."""
+    client().set(
+        f"{key_prefix()}{_ENGINE_KEY}{hostname}",
+        json.dumps({"engine": engine, "languages": languages}),
+        ex=7 * 24 * 3600,
+    )
+
+
+def engine_reports(hostnames: list[str]) -> list[dict[str, Any]]:
+    if not hostnames:
+        return []
+    raw: list[bytes | None] = client().mget(  # type: ignore[assignment]
+        [f"{key_prefix()}{_ENGINE_KEY}{h}" for h in hostnames]
+    )
+    reports = []
+    for value in raw:
+        if value:
+            with contextlib.suppress(ValueError):
+                reports.append(json.loads(value))
+    return reports
 
 
 def live_workers() -> list[dict[str, Any]]:

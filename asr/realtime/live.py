@@ -48,6 +48,7 @@ from asr.ops import redis_state
 from asr.realtime import endpointing
 from asr.realtime.jobs import job_payload
 from asr.realtime.live_push import live_group
+from asr.services import intake
 from asr.services import live
 from kikipounamu import json_input
 
@@ -379,6 +380,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
         )
 
     async def on_start(self, options: StartOptions) -> None:
+        unserved = await sync_to_async(
+            intake.language_unserved, thread_sensitive=False
+        )(options.language, queue="live")
+        if unserved is not None:
+            raise LiveRefusal(BAD_REQUEST, "unsupported_language", unserved)
         self.options = options
         self.stopping = False
         self.finish_asked = False

@@ -24,6 +24,7 @@ import binascii
 import uuid
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from asr import live_store
@@ -35,6 +36,7 @@ from asr.realtime.live import LiveRefusal
 from asr.realtime.live import StartOptions
 from asr.realtime.live import start_options
 from asr.realtime.stable_text import StablePrefix
+from asr.services import intake
 
 RATE = 24_000
 # OpenAI's VAD threshold (0-1, higher: louder speech needed) onto WebRTC's modes.
@@ -177,6 +179,13 @@ class OpenAIRealtimeConsumer(LiveConsumer):
                     raise _ClientError(
                         refusal.code, refusal.message, param="language"
                     ) from None
+                unserved = await sync_to_async(
+                    intake.language_unserved, thread_sensitive=False
+                )(options.language, queue="live")
+                if unserved is not None:
+                    raise _ClientError(
+                        "unsupported_language", unserved, param="language"
+                    )
                 self.options.language = options.language
                 await live_store.session_set(
                     self.session_id, language=options.language or ""

@@ -14,6 +14,7 @@ from django.core.files.base import File
 from django.db import transaction
 
 from asr import audio as audio_lib
+from asr import selectors
 from asr import storage
 from asr.events import transcription_event_record
 from asr.languages import normalise_language
@@ -130,13 +131,30 @@ def storage_error(exc: storage.StorageUnavailable) -> ApplicationError:
 
 def _language_code(language: str | None) -> str | None:
     try:
-        return normalise_language(language)
+        code = normalise_language(language)
     except ValueError:
         raise ApplicationError(
             f"'{language}' is not a language code we know. Use an ISO 639-1 code "
             "such as 'en' or 'de', or leave it empty to detect the language.",
             code="invalid_language",
         ) from None
+    unserved = language_unserved(code)
+    if unserved is not None:
+        raise ApplicationError(unserved, code="unsupported_language")
+    return code
+
+
+def language_unserved(code: str | None, *, queue: str = "asr") -> str | None:
+    """Why ``code`` cannot be transcribed here (no worker of ``queue`` serves it),
+    or None. The one wording every door uses."""
+    served = selectors.served_languages(queue)
+    if code is None or served is None or code in served:
+        return None
+    return (
+        f"The recognition engine on this server transcribes "
+        f"{', '.join(sorted(served))} only; '{code}' was requested. Choose one of "
+        "those, or leave the language empty to detect it."
+    )
 
 
 def _checked_size(audio: File) -> int:

@@ -19,6 +19,7 @@ from telegram import Message
 
 from asr.languages import normalise_language
 from asr.selectors import queue_eta_seconds
+from asr.selectors import served_languages
 from asr.selectors import transcription_queue_length
 from asr.services import admission_check
 from bots.models import TelegramChat
@@ -257,13 +258,18 @@ def _handle(
 
 
 def _language_command(chat: TelegramChat, args: str) -> str:
+    # What the workers' engines serve now: only those are offered and taken.
+    served = served_languages("asr")
+    offered = sorted(served) if served is not None else None
     if not args:
-        return texts.language_current(chat.language)
+        return texts.language_current(chat.language, offered)
     value = args.split()[0]
     try:
         code = normalise_language(value)
     except ValueError:
         return texts.language_unknown(value[:32])
+    if code is not None and offered is not None and code not in offered:
+        return texts.language_unsupported(code, offered)
     chat_language_set(chat=chat, language=code)
     return texts.language_set(code)
 

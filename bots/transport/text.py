@@ -175,12 +175,31 @@ def language_set(code: str | None) -> str:
     return f"I will transcribe your recordings as '{code}'."
 
 
-def language_current(code: str) -> str:
+def language_current(code: str, served: list[str] | None = None) -> str:
     current = f"'{code}'" if code else "detected for each recording"
+    if served is not None:
+        return (
+            f"The language is {current}. I can transcribe {_listed(served)}: change "
+            f"it with /lang <code>, for example /lang {served[0]}; /lang auto "
+            "detects it."
+        )
     return (
         f"The language is {current}. Change it with /lang <code>, for example "
         "/lang en or /lang de; /lang auto detects it."
     )
+
+
+def language_unsupported(code: str, served: list[str]) -> str:
+    return (
+        f"I cannot transcribe '{code}' here: I can transcribe {_listed(served)}. "
+        f"Send /lang {served[0]}, or /lang auto to detect the language."
+    )
+
+
+def _listed(codes: list[str]) -> str:
+    if len(codes) > 12:
+        return f"{len(codes)} languages ({', '.join(codes[:12])}, ...)"
+    return ", ".join(codes)
 
 
 def language_unknown(value: str) -> str:

@@ -34,7 +34,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def live_worker(django_db_setup: Any, django_db_blocker: Any) -> Any:
-    proc = processes.start_worker(queues="live,live_partial")
+    proc = processes.start_worker(queues="live,live_partial", engine_reported=True)
     yield proc
     proc.stop()
 
@@ -199,16 +199,14 @@ def test_a_client_that_does_not_read_cannot_grow_the_servers_memory(
     assert len([m for m in messages if m["type"] == "final"]) == len(ALL)
 
 
-def test_utterances_the_engine_refuses_are_failed_finals_and_fail_the_session(
-    web: str, live_worker: Any, token: str, tmp_path: Path
+def test_a_language_no_live_worker_serves_is_refused_at_the_start(
+    web: str, live_worker: Any, token: str
 ) -> None:
-    pcm, _ = speech_stream(SENTENCES[:2], tmp_path)
-    # tiny.en transcribes English only.
-    run = asyncio.run(stream(ws_url(web, token=token), pcm, start={"language": "fr"}))
-    finals = run.of("final")
-    assert [f["index"] for f in finals] == [0, 1]
-    assert {f["error"]["code"] for f in finals} == {"unsupported_language"}
-    assert all(f["text"] == "" for f in finals)
-    job = run.of("end")[0]["job"]
-    assert job["status"] == "failed"
-    assert job["error"]["code"] == "unsupported_language"
+    # tiny.en transcribes English only, and its worker says so.
+    run = asyncio.run(
+        stream(ws_url(web, token=token), b"", start={"language": "fr"}, timeout=30)
+    )
+    assert run.close_code == 4400
+    (error,) = run.of("error")
+    assert error["code"] == "unsupported_language"
+    assert "transcribes en only" in error["message"]

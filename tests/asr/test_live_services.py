@@ -179,3 +179,27 @@ def test_a_final_takes_the_text_prepared_for_its_audio_and_only_that() -> None:
     assert not live.live_prepare(
         session_id=session, index=1, start=4 * RATE, end=5 * RATE, engine=engine
     )
+
+
+def test_failed_finals_are_sent_with_their_error_and_all_failed_fail_the_session() -> (
+    None
+):
+    from asr.services.attempts import Failure
+
+    session = open_session(utterances=[(1.0, 3.0), (4.0, 5.5)], seconds=6)
+    engine = CountingEngine()
+    failure = Failure("unsupported_language", "English only.")
+    for index in (0, 1):
+        final, made = live.live_final_failed(
+            session_id=session, index=index, failure=failure, hostname="h"
+        )
+        assert made and final is not None
+        assert final["error"] == {
+            "code": "unsupported_language",
+            "message": "English only.",
+        }
+        assert final["text"] == ""
+    job, made = live.live_finish(session_id=session, engine=engine, hostname="h")
+    assert made == [] and engine.calls == []
+    assert job is not None and job.status == Transcription.Status.FAILED
+    assert job.error_code == "unsupported_language"

@@ -70,3 +70,17 @@ def test_transcript_downloads_in_every_format(live_api, worker, tmp_path: Path) 
     assert download("srt").startswith("1\n00:00:0")
     assert download("vtt").startswith("WEBVTT")
     assert '"segments"' in download("json")
+
+
+def test_a_language_no_worker_serves_is_refused_at_the_door(
+    live_api, worker, tmp_path: Path
+) -> None:
+    # The session's worker runs tiny.en and has said so.
+    worker.wait_for_log("engine reported")
+    clip = espeak("Hello world.", tmp_path / "hello.wav")
+    response = live_api.submit(clip, language="de")
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_language"
+    assert "transcribes en only" in error["message"]
+    assert live_api.submit(clip, language="en").status_code == 202

@@ -715,3 +715,20 @@ def test_beat_runs_the_reconciler() -> None:
     assert entry["task"] == "bots.reconcile"
     assert "bots.reconcile" in app.tasks
     assert app.amqp.router.route({}, "bots.deliver")["queue"].name == "bots"
+
+
+def test_lang_offers_and_takes_only_what_the_workers_serve(
+    bot: Runner, monkeypatch
+) -> None:
+    from bots.services import updates
+
+    monkeypatch.setattr(updates, "served_languages", lambda queue: frozenset({"en"}))
+    chat = u.private_chat()
+    for text in ("/lang", "/lang zh", "/lang en"):
+        bot.receive(u.update(u.message(chat, text=text)))
+    bot.drain()
+    current, refused, set_ = texts_of(bot.api, chat.id)
+    assert "I can transcribe en" in current
+    assert refused.startswith("I cannot transcribe 'zh' here: I can transcribe en.")
+    assert set_ == "I will transcribe your recordings as 'en'."
+    assert TelegramChat.objects.get(pk=chat.id).language == "en"
