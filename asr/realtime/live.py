@@ -37,6 +37,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -201,6 +202,24 @@ class LiveConsumer(AsyncWebsocketConsumer):
     # Whether partials are asked for while someone speaks (a protocol, or a mode of
     # one, that shows only finals spares the live workers that work).
     wants_partials = True
+
+    # Messages --------------------------------------------------------------------------
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels (4.3) awaits close_old_connections before every message, through
+        # sync_to_async on the process's one thread-sensitive thread: every audio frame
+        # of every stream, and every worker push, queued through that thread one after
+        # another (bench/live.py's "livedispatch" what-if measured it). Frames and
+        # pushes touch no database; what does here goes through database_sync_to_async,
+        # which closes old connections around itself. Connect and disconnect keep
+        # Channels' own path.
+        kind = message["type"]
+        if kind == "websocket.receive" or kind.startswith("live."):
+            handler = getattr(self, get_handler_name(message), None)
+            if handler is not None:
+                await handler(message)
+                return
+        await super().dispatch(message)
 
     # Connection ---------------------------------------------------------------------
 

@@ -68,9 +68,7 @@ KEYWORDS = [
 
 @pytest.fixture(scope="module")
 def two_workers(own_web: str) -> Iterator[list[processes.Process]]:
-    workers = [
-        processes.start_worker(engine_reported=True, **FANOUT) for _ in range(2)
-    ]
+    workers = [processes.start_worker(engine_reported=True, **FANOUT) for _ in range(2)]
     yield workers
     for worker in workers:
         worker.stop()
