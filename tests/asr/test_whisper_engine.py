@@ -61,7 +61,9 @@ QUIET = {
 # Where tiny.en alone writes text ("You", or a row of full stops), whatever the
 # seed; at -50 and -40 dBFS of noise its own no-speech rule already gives none
 # (after seconds of temperature fallback), and on hum it depends on the level.
-MADE_UP = ["digital silence", "16-bit dither", "white noise -60 dBFS"]
+# Where tiny.en writes text with the filter off. White noise at -60 dBFS was one
+# until ctranslate2 4.8.5, which decodes it to nothing; these two still are.
+MADE_UP = ["digital silence", "16-bit dither"]
 
 
 @pytest.mark.parametrize("kind", list(QUIET))
