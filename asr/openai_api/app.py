@@ -83,16 +83,16 @@ class OpenAIDoor:
         method = scope["method"]
         if path == TRANSCRIPTIONS:
             if method != "POST":
-                await _not_allowed(receive, send, "POST")
+                await _not_allowed(scope, receive, send, "POST")
                 return
             await self._transcription(scope, receive, send)
         elif path == MODELS or path.startswith(MODELS + "/"):
             if method != "GET":
-                await _not_allowed(receive, send, "GET")
+                await _not_allowed(scope, receive, send, "GET")
                 return
             await self._models(scope, receive, send, path.removeprefix(MODELS)[1:])
         else:
-            await _drain(receive)
+            await _drain(scope, receive)
             await _refuse(
                 send,
                 ApplicationError(
@@ -106,7 +106,7 @@ class OpenAIDoor:
     async def _models(
         self, scope: Scope, receive: Receive, send: Send, name: str
     ) -> None:
-        await _drain(receive)
+        await _drain(scope, receive)
         try:
             await self.run_sync(partial(intake.caller_check, scope=scope))
             if not name:
@@ -134,12 +134,12 @@ class OpenAIDoor:
             # Before the body is read: a stranger's upload is not stored.
             caller = await self.run_sync(partial(intake.caller_check, scope=scope))
         except ApplicationError as exc:
-            await _drain(receive)
+            await _drain(scope, receive)
             await _refuse(send, exc)
             return
         except Exception:
             logger.exception("openai door: caller check failed")
-            await _drain(receive)
+            await _drain(scope, receive)
             await _refuse(send, _server_error())
             return
         body = await _read_body(receive)
@@ -414,8 +414,10 @@ async def _refuse(send: Send, exc: ApplicationError) -> None:
     await _respond(send, exc.status_code, shapes.error_body(exc), shapes.JSON, *headers)
 
 
-async def _not_allowed(receive: Receive, send: Send, allowed: str) -> None:
-    await _drain(receive)
+async def _not_allowed(
+    scope: Scope, receive: Receive, send: Send, allowed: str
+) -> None:
+    await _drain(scope, receive)
     await _refuse(
         send,
         ApplicationError(
@@ -426,9 +428,15 @@ async def _not_allowed(receive: Receive, send: Send, allowed: str) -> None:
     )
 
 
-async def _drain(receive: Receive) -> None:
+async def _drain(scope: Scope, receive: Receive) -> None:
     """Read the body and drop it: a client still sending would not see an answer
-    sent before it has finished (the body-size limit still applies)."""
+    sent before it has finished (the body-size limit still applies). A client that
+    waits for "100 Continue" has sent none: answering at once tells it not to."""
+    if any(
+        name == b"expect" and value.lower() == b"100-continue"
+        for name, value in scope.get("headers", [])
+    ):
+        return
     while True:
         message = await receive()
         if message["type"] != "http.request" or not message.get("more_body"):

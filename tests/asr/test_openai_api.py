@@ -5,11 +5,14 @@ and without streaming, the models, and the errors as the client's exception clas
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -200,6 +203,27 @@ def test_a_bad_token_is_an_authentication_error(
     assert set(refused.value.body) >= {"message", "type", "param", "code"}
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+def test_a_stranger_waiting_to_send_a_large_body_is_refused_before_sending_it(
+    web: str, transactional_db: Any
+) -> None:
+    # curl asks "Expect: 100-continue" before a large upload: the answer comes first
+    parts = urlsplit(web)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.putrequest("POST", "/v1/audio/transcriptions")
+    for name, value in {
+        "Authorization": "Bearer not-a-token",
+        "Content-Type": "multipart/form-data; boundary=x",
+        "Content-Length": str(50_000_000),
+        "Expect": "100-continue",
+    }.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 401
+    assert json.loads(response.read())["error"]["code"] == "invalid_api_key"
+    conn.close()
 
 
 def test_a_file_that_is_not_audio_is_refused_with_415(
