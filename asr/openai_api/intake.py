@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 Status = Transcription.Status
 FINISHED = {str(status) for status in Transcription.FINISHED}
-_LANGUAGE_CODES = ("invalid_language",)
+_LANGUAGE_CODES = ("invalid_language", "unsupported_language")
 
 
 @dataclass(frozen=True)

@@ -254,15 +254,27 @@ def test_bad_parameters_are_bad_requests_naming_the_parameter(
 def test_a_job_that_fails_is_an_error_naming_it(
     client: openai.OpenAI, web: str, token: str, tmp_path: Path
 ) -> None:
-    # given audio whose headers pass at upload but the engine refuses: tiny.en
-    # transcribes English only
-    clip = espeak("Guten Tag.", tmp_path / "de.wav", voice="de")
-    with clip.open("rb") as fh, pytest.raises(openai.BadRequestError) as refused:
-        client.audio.transcriptions.create(file=fh, model="whisper-1", language="de")
+    # given audio whose headers pass at upload but that the worker cannot decode
+    cut = audio_files.truncated(tmp_path / "cut.wav", audio_files.FORMATS["wav"])
+    with cut.open("rb") as fh, pytest.raises(openai.BadRequestError) as refused:
+        client.audio.transcriptions.create(file=fh, model="whisper-1")
     error = refused.value.body
-    assert error["code"] == "unsupported_language"
+    assert error["code"] == "corrupt_audio"
+    assert error["job_id"] in error["message"]
+    # the client must not send it again: the job exists, failed
     assert refused.value.response.headers["x-should-retry"] == "false"
     assert _api_job(web, token, error["job_id"])["status"] == "failed"
+
+
+def test_a_language_the_workers_do_not_serve_is_refused_at_upload(
+    client: openai.OpenAI, clip: Path
+) -> None:
+    # tiny.en transcribes English only, as the session worker's heartbeat says
+    with clip.open("rb") as fh, pytest.raises(openai.BadRequestError) as refused:
+        client.audio.transcriptions.create(file=fh, model="whisper-1", language="de")
+    assert refused.value.body["code"] == "unsupported_language"
+    assert refused.value.body["param"] == "language"
+    assert "job_id" not in refused.value.body
 
 
 # Limits: a web process of their own --------------------------------------------------
