@@ -32,6 +32,8 @@ class Transcription(models.Model):
         # A live dictation session (asr.realtime.live): its audio streamed over a
         # WebSocket, its text the session's finals (LiveUtterance).
         LIVE = "live"
+        # The OpenAI-compatible door (asr.openai_api): POST /v1/audio/transcriptions.
+        OPENAI = "openai"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 

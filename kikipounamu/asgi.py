@@ -1,5 +1,5 @@
-"""ASGI entry point: HTTP (Django, with an upload size limit; Telegram's webhook ahead
-of it) and WebSocket (Channels)."""
+"""ASGI entry point: HTTP (Django, with an upload size limit; Telegram's webhook and
+the OpenAI-compatible door ahead of it) and WebSocket (Channels)."""
 
 import gc
 import os
@@ -25,6 +25,7 @@ from django.urls import get_resolver  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from asr.openai_api.app import openai_door  # noqa: E402
 from asr.routing import websocket_urlpatterns  # noqa: E402
 from bots.webhook.app import telegram_webhook  # noqa: E402
 from kikipounamu.asgi_handler import PooledThreadsASGIHandler  # noqa: E402
@@ -35,11 +36,16 @@ from kikipounamu.ws_origin import BrowserOriginValidator  # noqa: E402
 # Room for the multipart envelope and the other form fields around the file.
 _MULTIPART_OVERHEAD = 64 * 1024
 
-django_http = BodySizeLimitMiddleware(
-    PooledThreadsASGIHandler(threads=settings.WEB_MAX_CONCURRENT_REQUESTS),
-    max_body_bytes=settings.ASR_MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
-    describe_limit=f"{settings.ASR_MAX_UPLOAD_BYTES / 1e6:.0f} MB",
-)
+_UPLOAD_LIMIT = {
+    "max_body_bytes": settings.ASR_MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD,
+    "describe_limit": f"{settings.ASR_MAX_UPLOAD_BYTES / 1e6:.0f} MB",
+}
+
+django_handler = PooledThreadsASGIHandler(threads=settings.WEB_MAX_CONCURRENT_REQUESTS)
+django_http = BodySizeLimitMiddleware(django_handler, **_UPLOAD_LIMIT)
+# Its requests wait for their jobs on the event loop; their synchronous parts run on
+# Django's request threads (see asr/openai_api/app.py).
+openai_http = openai_door(run_sync=django_handler.run_sync, **_UPLOAD_LIMIT)
 
 application = ProtocolTypeRouter(
     {
@@ -49,6 +55,7 @@ application = ProtocolTypeRouter(
                 # updates need a fraction of its cost (see bots/webhook/app.py). The
                 # stubs know Django views only; URLRouter takes ASGI applications.
                 path("bots/telegram/webhook/", telegram_webhook),  # type: ignore[arg-type]
+                re_path(r"^v1/", openai_http),  # type: ignore[arg-type]
                 re_path(r"", django_http),  # type: ignore[arg-type]
             ]
         ),

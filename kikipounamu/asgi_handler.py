@@ -39,6 +39,12 @@ saved (one upload at a time to bursts) are under 1 % of a job. What they buy is 
 web tier's own capacity (the doors run apart from the GPU workers, and a burst lands
 on them alone), and the bound on threads and database connections per web process.
 
+Doors served ahead of Django on the event loop (the OpenAI-compatible door) run
+their synchronous parts (a token check, parsing an upload, a database read) on the
+same threads with ``run_sync``, one call per free thread as a request would take it:
+such a door adds no threads and no database connections to the process, however
+many of its requests are waiting.
+
 It builds on parts of Django's ASGIHandler that Django does not document
 (``read_body``, ``create_request``, ``send_response``, ``chunk_size``, the middleware
 loading) and on asgiref 3.13's ``ThreadSensitiveContext(executor=...)``: both are
@@ -50,10 +56,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from typing import TypeVar
 
 from asgiref.sync import ThreadSensitiveContext
 from asgiref.sync import sync_to_async
@@ -62,9 +71,12 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.asgi import get_script_prefix
+from django.db import close_old_connections
 from django.http import FileResponse
 from django.http import HttpResponseBase
 from django.urls import set_script_prefix
+
+T = TypeVar("T")
 
 
 class PooledThreadsASGIHandler(ASGIHandler):
@@ -96,6 +108,29 @@ class PooledThreadsASGIHandler(ASGIHandler):
         for executor in self._executors:
             executor.submit(connections.close_all).result()
             executor.shutdown()
+
+    async def run_sync(self, func: Callable[[], T]) -> T:
+        """Run ``func()`` on one of the request threads, as a request runs there: it
+        waits on the event loop for a free thread, finds the thread's database
+        connection checked (CONN_MAX_AGE, errors) before and after, as
+        ``request_started`` and ``request_finished`` do, and frees the thread when
+        it returns or raises. The caller's context (log fields) goes with it."""
+        free = self._free_executors()
+        executor = await free.get()
+
+        def done(future: asyncio.Future[T]) -> None:
+            # Freed when func has returned, even if its caller was cancelled
+            # meanwhile (a client gone): until then the thread is still busy.
+            free.put_nowait(executor)
+            if not future.cancelled():
+                future.exception()  # retrieved: the caller may be gone
+
+        context = contextvars.copy_context()
+        future = asyncio.get_running_loop().run_in_executor(
+            executor, context.run, _as_request, func
+        )
+        future.add_done_callback(done)
+        return await asyncio.shield(future)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -148,6 +183,14 @@ class PooledThreadsASGIHandler(ASGIHandler):
                 iter(response.streaming_content)  # type: ignore[attr-defined]
             )
         return response
+
+
+def _as_request(func: Callable[[], T]) -> T:
+    close_old_connections()
+    try:
+        return func()
+    finally:
+        close_old_connections()
 
 
 _END = object()

@@ -28,13 +28,27 @@ def _error(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
+# An error's JSON body from its code and message.
+ErrorBody = Callable[[str, str], bytes]
+
+
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, describe_limit: str) -> None:
+    """``error_body`` renders the refusals for an app whose errors have another
+    shape than the API's (the OpenAI-compatible door)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        describe_limit: str,
+        error_body: ErrorBody = _error,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.describe_limit = describe_limit
+        self.error_body = error_body
         # Made once: this runs ahead of every request.
-        self.too_large = _error(
+        self.too_large = error_body(
             "too_large",
             f"The request is larger than the upload limit of {describe_limit}.",
         )
@@ -66,7 +80,9 @@ class BodySizeLimitMiddleware:
                     await self._respond(
                         send,
                         400,
-                        _error("bad_request", "Content-Length is not a number."),
+                        self.error_body(
+                            "bad_request", "Content-Length is not a number."
+                        ),
                     )
                     return
                 if length > self.max_body_bytes:

@@ -275,6 +275,15 @@ if REDIS_EMBEDDED:
 # wait in the event loop. Bounds threads and database connections under bursts.
 WEB_MAX_CONCURRENT_REQUESTS = env.int("WEB_MAX_CONCURRENT_REQUESTS", default=8)
 
+# OpenAI-compatible door (asr/openai_api) ---------------------------------------------
+# POST /v1/audio/transcriptions answers when its job has finished, waiting on the
+# job's events without a thread; past this many seconds it answers 504 with the job's
+# id and /api/v1 link, and the job goes on. OpenAI's client waits 600 s by default.
+# https://platform.openai.com/docs/api-reference/audio/createTranscription
+OPENAI_WAIT_SECONDS = env.float("OPENAI_WAIT_SECONDS", default=300)
+# The channel layer may drop an event: while none comes, the job is re-read this often.
+OPENAI_RECHECK_SECONDS = env.float("OPENAI_RECHECK_SECONDS", default=5)
+
 # Realtime (Django Channels) ----------------------------------------------------------
 # The channel layer lives on the same Redis as the broker. It is at-most-once: every
 # (re)connect gets a snapshot from the database first, then events with a sequence

@@ -182,6 +182,74 @@ def test_a_view_that_raises_gets_a_500_not_an_exception(settings: Any) -> None:
     assert status == 500
 
 
+def test_run_sync_takes_the_request_threads_one_call_per_free_thread() -> None:
+    # given a handler with two threads, and a function that notes where it ran
+    handler = PooledThreadsASGIHandler(threads=2)
+    inside = most = 0
+    names: set[str] = set()
+
+    def work() -> int:
+        nonlocal inside, most
+        with _lock:
+            inside += 1
+            most = max(most, inside)
+        names.add(threading.current_thread().name)
+        time.sleep(0.01)
+        with _lock:
+            inside -= 1
+        return 7
+
+    # when twenty calls come at once
+    async def burst() -> list[int]:
+        return await asyncio.gather(*(handler.run_sync(work) for _ in range(20)))
+
+    try:
+        results = asyncio.run(burst())
+    finally:
+        handler.close()
+
+    # then each ran on one of the handler's threads, two at most at a time
+    assert results == [7] * 20
+    assert most <= 2
+    assert names <= {"django-0_0", "django-1_0"}
+
+
+def test_run_sync_frees_its_thread_when_the_call_raises_or_its_caller_is_gone() -> None:
+    handler = PooledThreadsASGIHandler(threads=1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def fails() -> None:
+        raise LookupError("a bug")
+
+    def slow() -> None:
+        release.wait(5)
+        ran.append("slow")
+
+    def quick() -> None:
+        ran.append("quick")
+
+    async def scenario() -> None:
+        with pytest.raises(LookupError):
+            await handler.run_sync(fails)
+        # a caller cancelled mid-call (a client gone): the thread is still busy
+        first = asyncio.ensure_future(handler.run_sync(slow))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        second = asyncio.ensure_future(handler.run_sync(quick))
+        await asyncio.sleep(0.05)
+        assert ran == []
+        # until the call returns
+        release.set()
+        await asyncio.wait_for(second, 5)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        handler.close()
+    assert ran == ["slow", "quick"]
+
+
 def test_a_handler_needs_a_thread() -> None:
     with pytest.raises(ValueError, match="at least one thread"):
         PooledThreadsASGIHandler(threads=0)

@@ -27,6 +27,10 @@ class Segment:
     end: float
     text: str
     words: list[Word] | None = None
+    # The decoder's figures for the segment where the engine has them and the call
+    # asked (``segment_details``): Whisper's avg_logprob, compression_ratio,
+    # no_speech_prob and temperature. Stored beside start and end.
+    details: dict[str, float | None] | None = None
 
 
 @dataclass
@@ -43,6 +47,7 @@ class TranscriptionResult:
             item = asdict(segment)
             if item["words"] is None:
                 del item["words"]
+            item.update(item.pop("details") or {})
             out.append(item)
         return out
 
@@ -65,7 +70,9 @@ class Engine(Protocol):
 
     ``transcribe`` options every engine accepts: ``on_segment``, a callable given each
     segment as soon as it is known (progress); engines that only know segments at
-    the end call it then, or not at all.
+    the end call it then, or not at all. A job may ask for more
+    (``asr.services.job_options``): ``word_timestamps``, ``segment_details``,
+    ``prompt``, ``temperature``; an engine ignores those it cannot give.
     """
 
     name: str

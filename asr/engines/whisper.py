@@ -142,6 +142,10 @@ class WhisperEngine(SequentialBatchMixin):
         on_segment = options.get("on_segment")
         vad_filter = bool(options.get("vad_filter", self.vad_filter))
         want_words = bool(options.get("word_timestamps", False))
+        want_details = bool(options.get("segment_details", False))
+        # 0 or none: faster-whisper's fallback (0.0, then higher temperatures for a
+        # window that decodes badly), which is what OpenAI documents for 0.
+        temperature = options.get("temperature") or None
         segments_iter, info = self._model.transcribe(
             samples,
             language=language,
@@ -163,6 +167,8 @@ class WhisperEngine(SequentialBatchMixin):
             vad_filter=vad_filter,
             # Words to favour (a live session's hot words), as a prompt would.
             hotwords=options.get("hotwords") or None,
+            initial_prompt=options.get("prompt") or None,
+            **({"temperature": float(temperature)} if temperature else {}),
         )
         segments = []
         for seg in segments_iter:
@@ -175,7 +181,18 @@ class WhisperEngine(SequentialBatchMixin):
                 else None
             )
             segment = Segment(
-                round(seg.start, 3), round(seg.end, 3), seg.text.strip(), words
+                round(seg.start, 3),
+                round(seg.end, 3),
+                seg.text.strip(),
+                words,
+                {
+                    "avg_logprob": round(seg.avg_logprob, 4),
+                    "compression_ratio": round(seg.compression_ratio, 4),
+                    "no_speech_prob": round(seg.no_speech_prob, 4),
+                    "temperature": seg.temperature,
+                }
+                if want_details
+                else None,
             )
             segments.append(segment)
             if on_segment is not None:

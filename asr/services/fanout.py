@@ -51,6 +51,8 @@ from asr.models import TranscriptionChunk
 from asr.models import TranscriptionEvent
 from asr.services import attempts
 from asr.services import dispatch
+from asr.services.job_options import job_options
+from asr.services.job_options import kept_options
 from kikipounamu.logs import log_context
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,8 @@ def transcription_fan_out(
                 decode_seconds=round(decode_seconds, 4),
                 processed_seconds=0.0,
                 meta={
+                    # Its chunks ask the engine what the job asked.
+                    **kept_options(job.meta),
                     "chunks": {"total": len(chunks), "done": 0},
                     "split_seconds": round(split_seconds, 3),
                 },
@@ -300,7 +304,10 @@ def _chunk_run(chunk: TranscriptionChunk, engine: Any) -> None:
         samples, rate = _chunk_samples(chunk)
         started = time.monotonic()
         result: TranscriptionResult = engine.transcribe(
-            samples, rate, chunk.transcription.language or None
+            samples,
+            rate,
+            chunk.transcription.language or None,
+            **job_options(chunk.transcription.meta).engine_options(),
         )
         engine_seconds = time.monotonic() - started
     except attempts.PERMANENT_ERRORS as exc:

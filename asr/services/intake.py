@@ -23,6 +23,7 @@ from asr.models import TranscriptionEvent
 from asr.ops import stats
 from asr.services import attempts
 from asr.services import dispatch
+from asr.services import job_options
 from kikipounamu.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -56,15 +57,17 @@ def transcription_create(
     audio: File,
     language: str | None = None,
     source: str = Transcription.Source.API,
+    options: job_options.JobOptions | None = None,
 ) -> Transcription:
     """Validate and store the audio, create the job, and enqueue it on commit.
 
     Only container headers are read here (cheap); the real decoding, with its limits,
     is the worker's. Nothing is left behind when validation or the insert fails.
-    API and web submissions are refused (503 ``busy``) while the queue is full; the
-    Telegram door calls ``admission_check`` itself, before downloading anything.
+    API, web and OpenAI-door submissions are refused (503 ``busy``) while the queue
+    is full; the Telegram door calls ``admission_check`` itself, before downloading
+    anything. ``options``: what the job asks of the engine (``job_options``).
     """
-    if source in (Transcription.Source.API, Transcription.Source.WEB):
+    if source in _ADMITTED_HERE:
         admission_check()
     language_code = _language_code(language)
     size = _checked_size(audio)
@@ -81,6 +84,7 @@ def transcription_create(
         duration_hint=info.duration_hint,
         language=language_code or "",
         task_id=str(uuid.uuid4()),
+        meta=_options_meta(options),
         # The ACCEPTED event below is the job's first.
         event_seq=1,
     )
@@ -117,6 +121,19 @@ def transcription_create(
         source,
     )
     return job
+
+
+# Doors whose submissions are checked against the queue's depth here.
+_ADMITTED_HERE = (
+    Transcription.Source.API,
+    Transcription.Source.WEB,
+    Transcription.Source.OPENAI,
+)
+
+
+def _options_meta(options: job_options.JobOptions | None) -> dict[str, Any]:
+    stored = options.as_meta() if options is not None else {}
+    return {job_options.KEY: stored} if stored else {}
 
 
 def storage_error(exc: storage.StorageUnavailable) -> ApplicationError:

@@ -26,6 +26,8 @@ from asr.models import Transcription
 from asr.services import attempts
 from asr.services import claim
 from asr.services import fanout
+from asr.services.job_options import job_options
+from asr.services.job_options import kept_options
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ def _success(
         segments=result.segments_as_dicts(),
         language=result.language or "",
         # The pid tells which worker process (and model load) ran it.
-        meta={**result.meta, "worker_pid": os.getpid()},
+        meta={**kept_options(job.meta), **result.meta, "worker_pid": os.getpid()},
         duration=samples.shape[0] / audio_lib.SAMPLE_RATE,
         engine=engine.name,
         model=engine.model_name,
@@ -141,6 +143,7 @@ def _process_one(job: Transcription, engine: Any) -> None:
             audio_lib.SAMPLE_RATE,
             job.language or None,
             on_segment=ProgressReporter(job),
+            **job_options(job.meta).engine_options(),
         )
         engine_seconds = time.monotonic() - started
     except attempts.PERMANENT_ERRORS as exc:
@@ -198,7 +201,12 @@ def _transcribe_alone(item: Decoded, engine: Any) -> attempts.Outcome:
     job, samples, decode_seconds = item
     started = time.monotonic()
     try:
-        result = engine.transcribe(samples, audio_lib.SAMPLE_RATE, job.language or None)
+        result = engine.transcribe(
+            samples,
+            audio_lib.SAMPLE_RATE,
+            job.language or None,
+            **job_options(job.meta).engine_options(),
+        )
     except EngineError as exc:
         return attempts.failed(job, attempts.failure_of(exc))
     return _success(
