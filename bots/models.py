@@ -23,7 +23,8 @@ class TelegramChat(models.Model):
     language = models.CharField(max_length=16, blank=True)
 
     # One delivery task at a time per chat keeps its replies in order: it holds this
-    # lease (named by its Celery task id, which survives retries and redelivery).
+    # lease (named by its Celery task id, which survives retries and redelivery),
+    # renewed while it works (bots.services.lease).
     delivery_owner = models.CharField(max_length=64, blank=True)
     delivery_lease_until = models.DateTimeField(null=True, blank=True)
     # Telegram asked us to wait (429 retry_after) or a back-off is running.
@@ -33,6 +34,17 @@ class TelegramChat(models.Model):
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            # bots.reclaim_leases looks for held leases that ran out, every few
+            # seconds: only held ones are in the index.
+            models.Index(
+                fields=["delivery_lease_until"],
+                condition=~models.Q(delivery_owner=""),
+                name="bots_chat_lease_held",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.chat_id} ({self.type or 'chat'})"

@@ -89,3 +89,17 @@ def chats_with_stalled_replies(
 
 def replies_expired(*, before: datetime) -> QuerySet[TelegramReply]:
     return Reply.objects.filter(state__in=Reply.UNDELIVERED, created_at__lt=before)
+
+
+def chats_with_lapsed_lease(
+    *, now: datetime, limit: int = 500
+) -> list[tuple[int, str]]:
+    """(chat id, owner) of chats whose delivery lease ran out with an owner still on
+    it: a task that finishes or gives up lets go of the lease, so this one died (or
+    its retry was lost with its worker). A partial index keeps this cheap: only
+    leases held are in it."""
+    return list(
+        TelegramChat.objects.exclude(delivery_owner="")
+        .filter(delivery_lease_until__lt=now)
+        .values_list("chat_id", "delivery_owner")[:limit]
+    )

@@ -1,5 +1,11 @@
 """Celery tasks of the bot, all on the ``bots`` queue: thin, idempotent, take ids.
 
+They are Telegram I/O and database writes, waiting more than computing: the ``bots``
+worker runs them on a pool of threads (Procfile ``worker_bots``), so that a Bot API call
+that hangs holds one thread, not the bot. Nothing here or in the services they call
+keeps state between tasks but the Bot API client (one per thread) and the lease
+keeper (one per process, locked).
+
 Every task is safe to run twice (each service starts with a conditional UPDATE that
 only one attempt wins), so all are ``acks_late``: a worker killed mid-task gives its
 message back to the broker. Retries are bounded; what runs out of them is picked up
@@ -117,6 +123,13 @@ def deliver(self: Any, chat_id: int) -> None:
         )
         return
     raise self.retry(countdown=outcome.retry_in)
+
+
+@shared_task(name="bots.reclaim_leases", ignore_result=True)
+def reclaim_leases() -> int:
+    """Periodic (beat, every few seconds): chats whose delivery task died holding
+    the lease go to a new task."""
+    return services.telegram_leases_reclaim()
 
 
 @shared_task(name="bots.reconcile", ignore_result=True)

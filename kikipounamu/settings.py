@@ -533,23 +533,32 @@ TELEGRAM_API_BASE_URL = env.str(
 TELEGRAM_BOT_USERNAME = env.str("TELEGRAM_BOT_USERNAME", default="")
 # Chat ids the bot serves; empty: every chat.
 TELEGRAM_ALLOWED_CHAT_IDS = env.list("TELEGRAM_ALLOWED_CHAT_IDS", cast=int, default=[])
-# Bot API call time-outs (s). A read time-out leaves a send's outcome unknown.
-TELEGRAM_CONNECT_TIMEOUT = env.float("TELEGRAM_CONNECT_TIMEOUT", default=5.0)
-TELEGRAM_READ_TIMEOUT = env.float("TELEGRAM_READ_TIMEOUT", default=20.0)
-TELEGRAM_WRITE_TIMEOUT = env.float("TELEGRAM_WRITE_TIMEOUT", default=20.0)
-# One delivery process per chat at a time (it keeps replies in order). Its lease must
-# outlast one Bot API call, or a second process could send the same part meanwhile.
-_TELEGRAM_CALL_SECONDS = (
-    TELEGRAM_CONNECT_TIMEOUT + TELEGRAM_WRITE_TIMEOUT + TELEGRAM_READ_TIMEOUT
-)
+# Bot API time-outs (s), each for the whole call: connecting (or waiting for a pooled
+# connection), sendMessage / editMessageText / getFile / getMe (Telegram answers them
+# in well under a second when it is healthy), sendDocument (a transcript file), and
+# downloading a recording (up to 20 MB). A call that runs out has an unknown outcome:
+# a send is repeated (README "Telegram"). https://core.telegram.org/bots/api
+TELEGRAM_CONNECT_TIMEOUT = env.float("TELEGRAM_CONNECT_TIMEOUT", default=3.0)
+TELEGRAM_MESSAGE_TIMEOUT = env.float("TELEGRAM_MESSAGE_TIMEOUT", default=5.0)
+TELEGRAM_DOCUMENT_TIMEOUT = env.float("TELEGRAM_DOCUMENT_TIMEOUT", default=20.0)
+TELEGRAM_DOWNLOAD_TIMEOUT = env.float("TELEGRAM_DOWNLOAD_TIMEOUT", default=60.0)
+# One delivery task per chat at a time keeps its replies in order: it holds the chat's
+# lease, which a thread of its process renews every quarter of this while it works
+# (bots.services.delivery). A task that dies lets go of the chat at most this long
+# after; bots.reclaim_leases, every TELEGRAM_LEASE_RECLAIM_INTERVAL s, then hands the
+# chat to a new task. Clocks of the machines that run bots workers must agree to well
+# within it (NTP).
 TELEGRAM_DELIVERY_LEASE_SECONDS = env.float(
-    "TELEGRAM_DELIVERY_LEASE_SECONDS", default=2 * _TELEGRAM_CALL_SECONDS
+    "TELEGRAM_DELIVERY_LEASE_SECONDS", default=10.0
 )
-if TELEGRAM_DELIVERY_LEASE_SECONDS <= _TELEGRAM_CALL_SECONDS:
+if TELEGRAM_DELIVERY_LEASE_SECONDS < 2:
     raise ImproperlyConfigured(
-        "TELEGRAM_DELIVERY_LEASE_SECONDS must be longer than the connect + write + "
-        "read time-outs, or a reply part could be sent twice"
+        "TELEGRAM_DELIVERY_LEASE_SECONDS must be at least 2: it must outlast the "
+        "database writes between two renewals"
     )
+TELEGRAM_LEASE_RECLAIM_INTERVAL = env.float(
+    "TELEGRAM_LEASE_RECLAIM_INTERVAL", default=3.0
+)
 # A reply part that failed this many times (5xx, time-outs; 429 does not count) is
 # given up; so is one still undelivered after TELEGRAM_GIVE_UP_SECONDS.
 TELEGRAM_DELIVERY_MAX_ATTEMPTS = env.int("TELEGRAM_DELIVERY_MAX_ATTEMPTS", default=8)
@@ -715,6 +724,10 @@ CELERY_BEAT_SCHEDULE = {
     "bots-reconcile": {
         "task": "bots.reconcile",
         "schedule": TELEGRAM_RECONCILE_INTERVAL,
+    },
+    "bots-reclaim-leases": {
+        "task": "bots.reclaim_leases",
+        "schedule": TELEGRAM_LEASE_RECLAIM_INTERVAL,
     },
     "asr-retention": {"task": "asr.retention", "schedule": ASR_RETENTION_INTERVAL},
 }

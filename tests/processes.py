@@ -119,12 +119,14 @@ def start_worker(
     *,
     queues: str = "asr,default",
     concurrency: int = 1,
+    pool: str = "prefork",
     command_prefix: Sequence[str] = (),
     engine_reported: bool = False,
     **env: str,
 ) -> Process:
     """A Celery worker, once it is ready (and, with ``engine_reported``, once its
-    engine is loaded and reported); ``command_prefix`` as in :class:`Process`."""
+    engine is loaded and reported); ``pool``: Celery's ``--pool`` (the bots worker
+    runs ``threads``); ``command_prefix`` as in :class:`Process`."""
     name = f"worker-{uuid.uuid4().hex[:6]}"
     proc = Process(
         name,
@@ -140,7 +142,7 @@ def start_worker(
             "-c",
             str(concurrency),
             "-P",
-            "prefork",
+            pool,
             "-n",
             f"{name}@%h",
             "--without-mingle",

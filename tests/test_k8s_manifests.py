@@ -781,7 +781,13 @@ BREAKAGES: dict[str, tuple[str, Callable[[list[dict[str, Any]]], Any]]] = {
     ),
     "a command unlike the Procfile's": (
         "commands",
-        lambda d: _container(d, "worker-default")["command"].__setitem__(5, "default"),
+        lambda d: _container(d, "worker-default")["command"].__setitem__(
+            5, "default,bots"
+        ),
+    ),
+    "the bots worker on the prefork pool": (
+        "commands",
+        lambda d: _container(d, "worker-bots")["command"].__setitem__(10, "prefork"),
     ),
     "a literal where the Procfile has a variable": (
         "commands",

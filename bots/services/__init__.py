@@ -9,8 +9,9 @@
 3. ``answer`` (enqueued by the ``transcription_event`` receiver): the result, read
    from the job's row, as reply parts: the acknowledgement edited into the
    transcript's first part, then the rest, then .txt/.srt documents.
-4. ``delivery``: a chat's parts sent one at a time, in order, under a per-chat lease;
-   each part is marked before its call and recorded after.
+4. ``delivery``: a chat's parts sent one at a time, in order, under a per-chat lease
+   (``lease``: short, renewed while its task works, handed on by ``bots.reclaim_leases``
+   when its task died); each part is marked before its call and recorded after.
 5. ``reconcile`` (beat): whatever step's task was lost is enqueued again.
 
 Beside them: ``dispatch`` (the bot's tasks, sent by name), ``retry`` (transient
@@ -24,6 +25,7 @@ from bots.services.delivery import DeliveryOutcome
 from bots.services.delivery import telegram_chat_deliver
 from bots.services.delivery import telegram_delivery_release
 from bots.services.fetch import telegram_job_fetch
+from bots.services.lease import telegram_leases_reclaim
 from bots.services.reconcile import telegram_reconcile
 from bots.services.retry import RetryLater
 from bots.services.updates import chat_language_set
@@ -43,6 +45,7 @@ __all__ = [
     "telegram_delivery_release",
     "telegram_job_answer",
     "telegram_job_fetch",
+    "telegram_leases_reclaim",
     "telegram_reconcile",
     "telegram_update_process",
     "webhook_delete",

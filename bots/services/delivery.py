@@ -1,22 +1,25 @@
-"""Delivering a chat's reply parts: one at a time, in order, under a per-chat lease;
-each part marked before its Bot API call and recorded after it, so that a retried or
-redelivered task skips what was delivered."""
+"""Delivering a chat's reply parts: one at a time, in order, under a per-chat lease
+(``bots.services.lease``); each part marked before its Bot API call and recorded
+after it, so that a retried or redelivered task skips what was delivered."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import F
-from django.db.models import Q
 from django.utils import timezone
 
 from asr import formats
 from bots import selectors
 from bots.models import TelegramChat
 from bots.models import TelegramReply
+from bots.services.lease import Holding
+from bots.services.lease import lease_claim
+from bots.services.lease import lease_hold_until_retry
+from bots.services.lease import lease_kept
+from bots.services.lease import lease_release
 from bots.services.retry import backoff
 from bots.transport import bot_api
 from bots.transport import text as texts
@@ -38,50 +41,24 @@ class DeliveryOutcome:
     busy: bool = False  # another task holds the chat's lease
 
 
-def _lease_claim(chat_id: int, owner: str) -> bool:
-    """Take (or renew) the chat's delivery lease: free, expired, or already ours.
-
-    The owner is the Celery task id, which a retry or a redelivered message keeps:
-    the same task picks up where a killed process left off without waiting.
-    """
-    now = timezone.now()
-    lease = timedelta(seconds=settings.TELEGRAM_DELIVERY_LEASE_SECONDS)
-    return bool(
-        TelegramChat.objects.filter(pk=chat_id)
-        .filter(
-            Q(delivery_owner=owner)
-            | Q(delivery_lease_until__isnull=True)
-            | Q(delivery_lease_until__lt=now)
-        )
-        .update(delivery_owner=owner, delivery_lease_until=now + lease)
-    )
-
-
-def _lease_release(chat_id: int, owner: str) -> None:
-    TelegramChat.objects.filter(pk=chat_id, delivery_owner=owner).update(
-        delivery_owner="", delivery_lease_until=None
-    )
-
-
-def _lease_hold_until_retry(chat_id: int, owner: str, delay: float) -> None:
-    """Keep the lease through a back-off, so that parts stay in order and other
-    tasks do not hammer a chat that Telegram asked us to leave alone."""
-    now = timezone.now()
-    TelegramChat.objects.filter(pk=chat_id, delivery_owner=owner).update(
-        delivery_not_before=now + timedelta(seconds=delay),
-        delivery_lease_until=now
-        + timedelta(seconds=delay + settings.TELEGRAM_DELIVERY_LEASE_SECONDS),
-    )
-
-
 def telegram_chat_deliver(*, chat_id: int, owner: str) -> DeliveryOutcome:
     """Send the chat's undelivered parts in order, each exactly once where the Bot
     API allows it (see ``_deliver_part``). Returns when none is left, when another
-    task holds the chat, or when the caller should retry after a delay."""
+    task holds the chat, or when the caller should retry after a delay.
+
+    The chat's lease (``bots.services.lease``) is taken before each part and renewed
+    by this process while the part's call runs, however long it takes.
+    """
+    with lease_kept(chat_id, owner) as holding:
+        return _chat_deliver(chat_id, owner, holding)
+
+
+def _chat_deliver(chat_id: int, owner: str, holding: Holding) -> DeliveryOutcome:
     delivered = 0
     while True:
-        if not _lease_claim(chat_id, owner):
+        if not lease_claim(chat_id, owner):
             return DeliveryOutcome(delivered, busy=True)
+        holding.claimed()
         not_before = (
             TelegramChat.objects.filter(pk=chat_id)
             .values_list("delivery_not_before", flat=True)
@@ -89,10 +66,12 @@ def telegram_chat_deliver(*, chat_id: int, owner: str) -> DeliveryOutcome:
         )
         wait = (not_before - timezone.now()).total_seconds() if not_before else 0
         if wait > 0:
+            # Retried before its back-off ended: the lease stays held through it.
+            lease_hold_until_retry(chat_id, owner, wait)
             return DeliveryOutcome(delivered, retry_in=wait)
         part = selectors.reply_next(chat_id=chat_id)
         if part is None:
-            _lease_release(chat_id, owner)
+            lease_release(chat_id, owner)
             # A part committed while we held the lease found it taken and left:
             # look once more now that the lease is free.
             if selectors.reply_undelivered_exists(chat_id=chat_id):
@@ -102,7 +81,7 @@ def telegram_chat_deliver(*, chat_id: int, owner: str) -> DeliveryOutcome:
             retry_in, sent = _deliver_part(part)
         delivered += sent
         if retry_in is not None:
-            _lease_hold_until_retry(chat_id, owner, retry_in)
+            lease_hold_until_retry(chat_id, owner, retry_in)
             return DeliveryOutcome(delivered, retry_in=retry_in)
 
 
@@ -266,4 +245,4 @@ def _part_give_up(part: TelegramReply, reason: str) -> None:
 
 def telegram_delivery_release(*, chat_id: int, owner: str) -> None:
     """Let go of a chat's lease (a task out of retries): the reconciler goes on."""
-    _lease_release(chat_id, owner)
+    lease_release(chat_id, owner)

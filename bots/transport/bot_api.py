@@ -1,10 +1,15 @@
 """The Bot API client: python-telegram-bot's ``Bot``, called from synchronous code.
 
 python-telegram-bot is asynchronous; Celery tasks and management commands are not. Each
-process keeps one event loop (``asyncio.Runner``) and one ``Bot`` on it, so that the
-HTTP connection pool is reused between calls instead of being built (TLS context and
-all) for every message. Errors stay python-telegram-bot's; :func:`classify` says what
-each one means for a retry.
+thread keeps one event loop (``asyncio.Runner``) and one ``Bot`` on it, so that the
+HTTP connections are reused between calls instead of being built (TLS context and
+all) for every message. Per thread, because the bots worker runs its tasks on a pool
+of threads (Telegram I/O is waiting, not computing) and a loop serves one thread: a
+call that hangs holds its own thread and connection, no other chat's.
+
+Every call has a deadline for the whole of it, by method (``TELEGRAM_*_TIMEOUT``):
+past it the call is abandoned and raises ``TimedOut``. Errors stay
+python-telegram-bot's; :func:`classify` says what each one means for a retry.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import threading
 from collections.abc import Callable
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -114,7 +120,7 @@ class _State:
     bot: Bot
 
 
-_state: _State | None = None
+_local = threading.local()
 
 
 def _config() -> tuple[Any, ...]:
@@ -122,23 +128,33 @@ def _config() -> tuple[Any, ...]:
         settings.TELEGRAM_BOT_TOKEN,
         settings.TELEGRAM_API_BASE_URL,
         settings.TELEGRAM_CONNECT_TIMEOUT,
-        settings.TELEGRAM_READ_TIMEOUT,
-        settings.TELEGRAM_WRITE_TIMEOUT,
+        _longest_call(),
+    )
+
+
+def _longest_call() -> float:
+    return max(
+        settings.TELEGRAM_MESSAGE_TIMEOUT,
+        settings.TELEGRAM_DOCUMENT_TIMEOUT,
+        settings.TELEGRAM_DOWNLOAD_TIMEOUT,
     )
 
 
 def _build_bot(config: tuple[Any, ...]) -> Bot:
-    token, base, connect, read, write = config
+    token, base, connect, longest = config
     if not token:
         raise BotNotConfigured(
             "TELEGRAM_BOT_TOKEN is not set: the bot cannot call the Bot API."
         )
+    # httpx's time-outs are per read or write, not per call: the deadline in call()
+    # is what bounds a call, so these only need to let the longest one through.
+    # One thread makes one call at a time: two connections are plenty.
     request = HTTPXRequest(
-        connection_pool_size=4,
+        connection_pool_size=2,
         connect_timeout=connect,
-        read_timeout=read,
-        write_timeout=write,
-        media_write_timeout=write,
+        read_timeout=longest,
+        write_timeout=longest,
+        media_write_timeout=longest,
         pool_timeout=connect,
     )
     return Bot(
@@ -151,23 +167,35 @@ def _build_bot(config: tuple[Any, ...]) -> Bot:
 
 
 def _current() -> _State:
-    """This process's loop and bot, rebuilt after a fork or a change of settings."""
-    global _state
+    """This thread's loop and bot, rebuilt after a fork or a change of settings."""
     config = _config()
-    if _state is not None and (_state.pid != os.getpid() or _state.config != config):
-        if _state.pid == os.getpid():
-            _state.runner.close()
-        _state = None
-    if _state is None:
+    state: _State | None = getattr(_local, "state", None)
+    if state is not None and (state.pid != os.getpid() or state.config != config):
+        if state.pid == os.getpid():
+            state.runner.close()
+        state = None
+    if state is None:
         bot = _build_bot(config)
-        _state = _State(os.getpid(), config, asyncio.Runner(), bot)
-    return _state
+        state = _State(os.getpid(), config, asyncio.Runner(), bot)
+        _local.state = state
+    return state
 
 
-def call(fn: Callable[[Bot], Coroutine[Any, Any, T]]) -> T:
-    """Run one Bot API coroutine to completion on this process's loop."""
+async def _within(seconds: float, call: Coroutine[Any, Any, T]) -> T:
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError as exc:
+        # Like a read time-out: the request may have reached Telegram (classify
+        # calls it ambiguous).
+        raise TimedOut(f"Timed out: no answer within {seconds:g} s") from exc
+
+
+def call(fn: Callable[[Bot], Coroutine[Any, Any, T]], *, timeout: float) -> T:
+    """Run one Bot API coroutine to completion on this thread's loop, abandoning it
+    after ``timeout`` seconds."""
     state = _current()
-    return state.runner.run(fn(state.bot))
+    return state.runner.run(_within(timeout, fn(state.bot)))
 
 
 def _reply_to(message_id: int | None) -> ReplyParameters | None:
@@ -184,7 +212,8 @@ def send_message(*, chat_id: int, text: str, reply_to: int | None = None) -> int
             chat_id=chat_id,
             text=text,
             reply_parameters=_reply_to(reply_to),
-        )
+        ),
+        timeout=settings.TELEGRAM_MESSAGE_TIMEOUT,
     )
     return message.message_id
 
@@ -193,7 +222,8 @@ def edit_message_text(*, chat_id: int, message_id: int, text: str) -> None:
     call(
         lambda bot: bot.edit_message_text(
             chat_id=chat_id, message_id=message_id, text=text
-        )
+        ),
+        timeout=settings.TELEGRAM_MESSAGE_TIMEOUT,
     )
 
 
@@ -211,7 +241,8 @@ def send_document(
             document=InputFile(content, filename=filename),
             caption=caption or None,
             reply_parameters=_reply_to(reply_to),
-        )
+        ),
+        timeout=settings.TELEGRAM_DOCUMENT_TIMEOUT,
     )
     return message.message_id
 
@@ -220,20 +251,24 @@ def download(*, file_id: str, destination: Path, max_bytes: int) -> int:
     """getFile, then fetch the file to ``destination``; the number of bytes.
 
     Raises ``BadRequest`` ("file is too big") when the file is over ``max_bytes``.
+    getFile has the time-out of a message, the download its own.
     """
 
     async def _download(bot: Bot) -> int:
-        remote = await bot.get_file(file_id)
+        remote = await _within(settings.TELEGRAM_MESSAGE_TIMEOUT, bot.get_file(file_id))
         if remote.file_size and remote.file_size > max_bytes:
             raise BadRequest(f"Bad Request: {FILE_TOO_BIG}")
         await remote.download_to_drive(destination)
         return destination.stat().st_size
 
-    return call(_download)
+    return call(
+        _download,
+        timeout=settings.TELEGRAM_MESSAGE_TIMEOUT + settings.TELEGRAM_DOWNLOAD_TIMEOUT,
+    )
 
 
 def get_me() -> User:
-    return call(lambda bot: bot.get_me())
+    return call(lambda bot: bot.get_me(), timeout=settings.TELEGRAM_MESSAGE_TIMEOUT)
 
 
 def set_webhook(
@@ -251,15 +286,19 @@ def set_webhook(
             allowed_updates=allowed_updates,
             max_connections=max_connections,
             drop_pending_updates=drop_pending_updates,
-        )
+        ),
+        timeout=settings.TELEGRAM_MESSAGE_TIMEOUT,
     )
 
 
 def delete_webhook(*, drop_pending_updates: bool) -> bool:
     return call(
-        lambda bot: bot.delete_webhook(drop_pending_updates=drop_pending_updates)
+        lambda bot: bot.delete_webhook(drop_pending_updates=drop_pending_updates),
+        timeout=settings.TELEGRAM_MESSAGE_TIMEOUT,
     )
 
 
 def get_webhook_info() -> WebhookInfo:
-    return call(lambda bot: bot.get_webhook_info())
+    return call(
+        lambda bot: bot.get_webhook_info(), timeout=settings.TELEGRAM_MESSAGE_TIMEOUT
+    )

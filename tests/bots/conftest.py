@@ -26,8 +26,9 @@ WEBHOOK = "/bots/telegram/webhook/"
 FAST_BOT = {
     "TELEGRAM_WEBHOOK_SECRET": SECRET,
     "TELEGRAM_CONNECT_TIMEOUT": "2",
-    "TELEGRAM_READ_TIMEOUT": "2",
-    "TELEGRAM_WRITE_TIMEOUT": "2",
+    "TELEGRAM_MESSAGE_TIMEOUT": "2",
+    "TELEGRAM_DOCUMENT_TIMEOUT": "2",
+    "TELEGRAM_DOWNLOAD_TIMEOUT": "5",
     "TELEGRAM_DELIVERY_LEASE_SECONDS": "10",
     "TELEGRAM_RETRY_BACKOFF_BASE": "0.2",
     "TELEGRAM_RETRY_BACKOFF_MAX": "1",
@@ -80,7 +81,8 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple]]:
     by hand, in order)."""
     calls: list[tuple[str, tuple]] = []
     monkeypatch.setattr(
-        "bots.services.dispatch.enqueue", lambda name, *args: calls.append((name, args))
+        "bots.services.dispatch.enqueue",
+        lambda name, *args, **_: calls.append((name, args)),
     )
     monkeypatch.setattr(
         "bots.webhook.publisher.submit",
@@ -105,13 +107,18 @@ def bot_web(
 def bot_worker(
     django_db_setup: Any, django_db_blocker: Any, fake_api: FakeBotApi
 ) -> Iterator[processes.Process]:
-    """A worker on asr, default and bots with the whisper engine; two processes, so
-    that replies go out while a recording is being transcribed."""
-    proc = processes.start_worker(
-        queues="asr,default,bots", concurrency=2, **bot_env(fake_api)
-    )
+    """The workers as the Procfile runs them: one on asr and default with the
+    whisper engine, and the bots worker on threads (``bots_worker``)."""
+    proc = processes.start_worker(queues="asr,default", **bot_env(fake_api))
+    bots = start_bots_worker(**bot_env(fake_api))
     yield proc
+    bots.stop()
     proc.stop()
+
+
+def start_bots_worker(**env: str) -> processes.Process:
+    """The Procfile's worker_bots: the bots queue on a pool of threads."""
+    return processes.start_worker(queues="bots", pool="threads", concurrency=8, **env)
 
 
 class Webhook:

@@ -29,6 +29,7 @@ from tests.bots.conftest import PATIENCE
 from tests.bots.conftest import Webhook
 from tests.bots.conftest import answered
 from tests.bots.conftest import bot_env
+from tests.bots.conftest import start_bots_worker
 from tests.bots.conftest import wait_until
 from tests.bots.fake_bot_api import FakeBotApi
 from tests.speech import espeak_available
@@ -415,3 +416,132 @@ def test_a_redis_killed_and_restarted_mid_job_loses_no_reply(
     else:
         assert job.error_code == "timeout", job.error_code
         assert message.text.startswith("Sorry, I could not transcribe")
+
+
+# The bots worker: threads, leases ----------------------------------------------------
+
+
+def help_update(chat: Any, message_id: int) -> dict[str, Any]:
+    return u.update(u.message(chat, message_id=message_id, text="/help"))
+
+
+def test_a_hung_bot_api_call_delays_no_other_chat(
+    transactional_db: Any, fake_api: FakeBotApi, isolated_redis: str, tmp_path
+) -> None:
+    # given the bots worker as the Procfile runs it (threads), with time-outs long
+    # enough that two calls for chat A hang for 8 s: its acknowledgement's send and
+    # its recording's getFile (the two that held both prefork processes before)
+    env = bot_env(
+        fake_api,
+        REDIS_URL=isolated_redis,
+        TELEGRAM_MESSAGE_TIMEOUT="10",
+        TELEGRAM_DOWNLOAD_TIMEOUT="10",
+    )
+    web, base = processes.start_web(**env)
+    worker = start_bots_worker(**env)
+    a, b = u.private_chat(), u.private_chat()
+    fake_api.inject("sendMessage", "hang", seconds=8, chat_id=a.id)
+    fake_api.inject("getFile", "hang", seconds=8)
+    hook = Webhook(base)
+    try:
+        voice = voice_update(
+            fake_api,
+            a,
+            media.voice_note(media.tone(1), tmp_path / "a.ogg"),
+            message_id=1,
+        )
+        assert hook.post(voice).status_code == 200
+        hung = fake_api.wait_for(
+            lambda: [c for c in fake_api.calls if c.fault == "hang"][1:],
+            PATIENCE,
+            "both of chat A's calls hanging",
+        )
+
+        # when chat B asks for help meanwhile
+        started = time.monotonic()
+        assert hook.post(help_update(b, 1)).status_code == 200
+        fake_api.wait_for(lambda: fake_api.messages(b.id), PATIENCE, "B's reply")
+        waited = time.monotonic() - started
+
+        # then B is answered at once, while A's calls still hang
+        assert all(call.status == 0 for call in hung), [c.status for c in hung]
+        assert waited < 3, waited
+        print(f"chat B answered in {waited * 1000:.0f} ms beside two hung calls")
+        # and A's acknowledgement goes out once the hang ends, once
+        wait_until(lambda: fake_api.messages(a.id), PATIENCE, "A's acknowledgement")
+    finally:
+        worker.stop()
+        web.stop()
+    [ack] = fake_api.messages(a.id)
+    assert ack.text.startswith("Recognizing…")
+    assert len(fake_api.messages(b.id)) == 1
+
+
+def test_a_killed_bots_worker_delays_its_chats_replies_by_at_most_15_s(
+    transactional_db: Any, fake_api: FakeBotApi, isolated_redis: str, tmp_path
+) -> None:
+    # given the production lease and sweep, beat running the sweep, and the general
+    # reconciler kept out of it (it leaves work younger than a minute alone)
+    env = bot_env(
+        fake_api,
+        REDIS_URL=isolated_redis,
+        TELEGRAM_DELIVERY_LEASE_SECONDS="10",
+        TELEGRAM_LEASE_RECLAIM_INTERVAL="3",
+        TELEGRAM_RECONCILE_MIN_AGE="60",
+        # long enough that the call is still under way when its worker is killed
+        TELEGRAM_MESSAGE_TIMEOUT="30",
+    )
+    web, base = processes.start_web(**env)
+    first = start_bots_worker(**env)
+    beat = start_beat(tmp_path, **env)
+    started = [first]
+    chat, other = u.private_chat(), u.private_chat()
+    hook = Webhook(base)
+    fake_api.inject("sendMessage", "hang", seconds=60, chat_id=chat.id)
+    try:
+        # given a bots worker in the middle of a chat's reply (the call hangs), and a
+        # second bots worker
+        assert hook.post(help_update(chat, 1)).status_code == 200
+        fake_api.wait_for(
+            lambda: fake_api.calls_for(chat.id, "sendMessage"), PATIENCE, "the send"
+        )
+        second = start_bots_worker(**env)
+        started.append(second)
+
+        # when the first is SIGKILLed, holding the chat's lease, and the chat and
+        # another one write again
+        first.kill()
+        killed = time.monotonic()
+        assert hook.post(help_update(chat, 2)).status_code == 200
+        assert hook.post(help_update(other, 1)).status_code == 200
+
+        # then the other chat is answered at once, and the chat's replies, the one
+        # under way and the next, within 15 s
+        fake_api.wait_for(lambda: fake_api.messages(other.id), PATIENCE, "the other")
+        other_waited = time.monotonic() - killed
+        wait_until(
+            lambda: len(fake_api.messages(chat.id)) == 2, PATIENCE, "both replies"
+        )
+        waited = time.monotonic() - killed
+        print(
+            f"after the kill: the chat's replies in {waited:.1f} s, another chat's "
+            f"in {other_waited:.1f} s"
+        )
+        assert waited <= 15, waited
+        assert other_waited < 5, other_waited
+        assert "handed to task" in second.log()
+        time.sleep(2)  # room for a duplicate to show, were there one
+    finally:
+        beat.stop()
+        for proc in started:
+            proc.stop()
+        web.stop()
+
+    # and nothing was sent twice: the hung call never reached the chat, the part
+    # was sent again once, then the next one
+    messages = fake_api.messages(chat.id)
+    assert [m.reply_to for m in messages] == [1, 2]
+    statuses = [c.status for c in fake_api.calls_for(chat.id, "sendMessage")]
+    assert statuses.count(200) == 2 and len(statuses) == 3, statuses
+    parts = TelegramReply.objects.filter(chat_id=chat.id).order_by("id")
+    assert [(p.state, p.attempts) for p in parts] == [("sent", 2), ("sent", 1)]

@@ -6,11 +6,15 @@ in order, as a worker would. The ASR step runs with a scripted engine.
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from asr.engines.base import Segment
 from asr.engines.base import TranscriptionResult
@@ -644,6 +648,99 @@ def test_a_part_that_keeps_failing_is_given_up_after_the_cap(
     assert part.state == "failed" and part.errors == 3
 
 
+# The lease ---------------------------------------------------------------------------
+
+
+def _help_owed(bot: Runner) -> Any:
+    """A chat owed one reply (the answer to /help), its delivery not yet run."""
+    chat = u.private_chat()
+    bot.receive(u.update(u.message(chat, message_id=1, text="/help")))
+    bot.drain(skip=("deliver",))
+    return chat
+
+
+def test_a_call_slower_than_the_lease_keeps_it_and_nothing_is_sent_twice(
+    bot: Runner, settings: Any
+) -> None:
+    # given a lease of 2 s and a send that Telegram carries out at once but answers
+    # only after 5 s
+    settings.TELEGRAM_DELIVERY_LEASE_SECONDS = 2
+    settings.TELEGRAM_MESSAGE_TIMEOUT = 10
+    chat = _help_owed(bot)
+    bot.api.inject("sendMessage", "slow", seconds=5, chat_id=chat.id)
+
+    # when a task delivers it, in a thread, while others try to take the chat
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            services.telegram_chat_deliver, chat_id=chat.id, owner="holder"
+        )
+        bot.api.wait_for(lambda: bot.api.calls_for(chat.id), 10, "the send")
+        tries = 0
+        while not running.done():
+            # then its process renews the lease: nobody can take the chat
+            assert services.telegram_leases_reclaim() == 0
+            other = services.telegram_chat_deliver(chat_id=chat.id, owner="other")
+            assert other.busy, other
+            tries += 1
+            time.sleep(0.2)
+        outcome = running.result()
+
+    # and the reply went out once, by its holder, which let go of the chat
+    assert tries > 15  # 5 s of tries: more than two leases
+    assert outcome.delivered == 1
+    assert len(bot.api.messages(chat.id)) == 1
+    assert len(bot.api.calls_for(chat.id)) == 1
+    assert TelegramChat.objects.get(pk=chat.id).delivery_owner == ""
+
+
+def test_a_lease_that_lapsed_with_its_holder_goes_to_a_new_task(
+    bot: Runner, settings: Any
+) -> None:
+    # given a chat whose delivery task died holding the lease, one lease ago
+    chat = _help_owed(bot)
+    lapsed = timezone.now() - timedelta(seconds=1)
+    TelegramChat.objects.filter(pk=chat.id).update(
+        delivery_owner="dead-task", delivery_lease_until=lapsed
+    )
+    # and a chat whose lease is alive
+    held = _help_owed(bot)
+    TelegramChat.objects.filter(pk=held.id).update(
+        delivery_owner="alive",
+        delivery_lease_until=timezone.now() + timedelta(seconds=5),
+    )
+
+    bot.enqueued.clear()
+
+    # when the sweep runs
+    assert services.telegram_leases_reclaim() == 1
+
+    # then the lapsed chat has a new owner, the task enqueued for it
+    assert bot.enqueued == [("deliver", (chat.id,))]
+    row = TelegramChat.objects.get(pk=chat.id)
+    assert row.delivery_owner not in ("", "dead-task")
+    assert row.delivery_lease_until > timezone.now()
+    # which the dead one's new replies leave to it, and the next sweep too
+    assert services.telegram_chat_deliver(chat_id=chat.id, owner="late").busy
+    assert services.telegram_leases_reclaim() == 0
+    # and that task, under the id it was given, sends the reply, once
+    outcome = services.telegram_chat_deliver(chat_id=chat.id, owner=row.delivery_owner)
+    assert outcome.delivered == 1
+    assert len(bot.api.messages(chat.id)) == 1
+    assert TelegramChat.objects.get(pk=chat.id).delivery_owner == ""
+
+
+def test_a_lease_held_through_a_back_off_is_not_reclaimed_before_it_ends(
+    bot: Runner,
+) -> None:
+    chat = _help_owed(bot)
+    bot.api.inject("sendMessage", "status", status=429, retry_after=30, chat_id=chat.id)
+    outcome = services.telegram_chat_deliver(chat_id=chat.id, owner="waiting")
+    assert outcome.retry_in == 30
+    assert services.telegram_leases_reclaim() == 0
+    row = TelegramChat.objects.get(pk=chat.id)
+    assert row.delivery_lease_until > row.delivery_not_before
+
+
 # Reconciling -------------------------------------------------------------------------
 
 
@@ -705,7 +802,7 @@ def test_the_receiver_enqueues_after_commit_only(enqueued: list) -> None:
     assert enqueued == [("answer", ("0" * 32,))]
 
 
-def test_beat_runs_the_reconciler() -> None:
+def test_beat_runs_the_reconciler_and_the_lease_sweep() -> None:
     from django.conf import settings
 
     from kikipounamu.celery import app
@@ -714,7 +811,11 @@ def test_beat_runs_the_reconciler() -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["bots-reconcile"]
     assert entry["task"] == "bots.reconcile"
     assert "bots.reconcile" in app.tasks
-    assert app.amqp.router.route({}, "bots.deliver")["queue"].name == "bots"
+    sweep = settings.CELERY_BEAT_SCHEDULE["bots-reclaim-leases"]
+    assert sweep["task"] == "bots.reclaim_leases" and sweep["schedule"] <= 5
+    assert "bots.reclaim_leases" in app.tasks
+    for name in ("bots.deliver", "bots.reclaim_leases"):
+        assert app.amqp.router.route({}, name)["queue"].name == "bots"
 
 
 def test_lang_offers_and_takes_only_what_the_workers_serve(
