@@ -27,8 +27,8 @@ Figures:
            and read the load average: others' work on the machine shows in both.
   e2e      update -> acknowledgement sent -> acknowledgement edited into the transcript,
            with the whisper engine on short espeak-ng voice notes (OGG/Opus), one at a
-           time and then all at once; workers as the Procfile runs them (asr apart
-           from default + bots).
+           time and then all at once; workers as the Procfile runs them (asr, default,
+           and bots on threads).
 
 It isolates itself as a test run does (tests/settings.py): a run id of its own, so a
 Redis key prefix (the broker's global_keyprefix) no other process uses, and a fresh
@@ -225,7 +225,9 @@ def start_web(workers: int, env: dict[str, str]) -> tuple[Process, str]:
         time.sleep(0.1)
 
 
-def start_worker(env: dict[str, str], queues: str, concurrency: int) -> Process:
+def start_worker(
+    env: dict[str, str], queues: str, concurrency: int, pool: str = "prefork"
+) -> Process:
     proc = Process(
         f"worker-{queues.replace(',', '-')}-{RUN_ID}",
         [
@@ -239,6 +241,8 @@ def start_worker(env: dict[str, str], queues: str, concurrency: int) -> Process:
             queues,
             "-c",
             str(concurrency),
+            "-P",
+            pool,
             "-n",
             f"bench-{queues}-{RUN_ID}@%h",
             "--without-mingle",
@@ -570,7 +574,8 @@ def phase_e2e(fake: Any, cfg: dict, web_workers: int, tmp: Path) -> None:
         workers.append(
             start_worker({**env, "ASR_ENGINE": "whisper"}, "asr", concurrency=1)
         )
-        workers.append(start_worker(env, "default,bots", concurrency=2))
+        workers.append(start_worker(env, "default", concurrency=1))
+        workers.append(start_worker(env, "bots", concurrency=16, pool="threads"))
         notes = []
         for i, sentence in enumerate(SENTENCES[: max(cfg["voice_notes"], 1)]):
             directory = tmp / f"n{i}"
