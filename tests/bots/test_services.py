@@ -110,6 +110,10 @@ def bot(
 ) -> Runner:
     # ASR jobs run here, by hand: none may reach a worker of the live tests.
     monkeypatch.setattr("asr.services.dispatch.transcription_enqueue", lambda **_: None)
+    # Nor may what those workers' engines serve (tiny.en: English) decide what these
+    # jobs may ask for; a test about that says so itself.
+    monkeypatch.setattr("asr.selectors.served_languages", lambda queue="asr": None)
+    monkeypatch.setattr("bots.services.updates.served_languages", lambda queue: None)
     return Runner(enqueued, bot_api, tmp_path)
 
 
