@@ -321,6 +321,9 @@ ASR_BEAM_SIZE = env.int("ASR_BEAM_SIZE", default=5)
 ASR_WHISPER_VAD = env.bool("ASR_WHISPER_VAD", default=True)
 # The synthetic engine sleeps duration x this real-time factor.
 ASR_SYNTHETIC_RTF = env.float("ASR_SYNTHETIC_RTF", default=0.0)
+# true: the synthetic engine stands in for one that batches natively (FunASR on a
+# GPU): a batch is one call costing its longest clip x the RTF. Tests and benchmarks.
+ASR_SYNTHETIC_BATCHES = env.bool("ASR_SYNTHETIC_BATCHES", default=False)
 # Load the engine when a worker process starts, not on its first job.
 ASR_PRELOAD = env.bool("ASR_PRELOAD", default=True)
 # FunASR (ASR_ENGINE=funasr): optional local VAD (fsmn-vad) and punctuation model
