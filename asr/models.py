@@ -84,6 +84,12 @@ class Transcription(models.Model):
     # id. While the job runs, that message, not the job's own, holds it: its
     # redelivery (a dead worker) takes the job back; the job's own message skips it.
     batch_task_id = models.CharField(max_length=64, blank=True, db_index=True)
+    # While running: whether the process holding the job is working on it right
+    # now (decoding it, or in the engine call it is part of) rather than on another
+    # job of its batch. If that process dies, only such jobs keep the attempt it
+    # cost; the others get theirs back (asr.services.claim). True unless known
+    # otherwise: a job run alone is always its process's work.
+    in_progress = models.BooleanField(default=True)
     worker_hostname = models.CharField(max_length=255, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -53,6 +53,7 @@ def engine_options() -> dict[str, Any]:
         "beam_size": settings.ASR_BEAM_SIZE,
         "vad_filter": settings.ASR_WHISPER_VAD,
         "rtf": settings.ASR_SYNTHETIC_RTF,
+        "synthetic_batches": settings.ASR_SYNTHETIC_BATCHES,
         "vad_model": settings.ASR_VAD_MODEL,
         "punc_model": settings.ASR_PUNC_MODEL,
         "allow_download": settings.ASR_ALLOW_DOWNLOAD,

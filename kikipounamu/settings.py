@@ -330,6 +330,9 @@ ASR_BEAM_SIZE = env.int("ASR_BEAM_SIZE", default=5)
 ASR_WHISPER_VAD = env.bool("ASR_WHISPER_VAD", default=True)
 # The synthetic engine sleeps duration x this real-time factor.
 ASR_SYNTHETIC_RTF = env.float("ASR_SYNTHETIC_RTF", default=0.0)
+# true: the synthetic engine stands in for one that batches natively (FunASR on a
+# GPU): a batch is one call costing its longest clip x the RTF. Tests and benchmarks.
+ASR_SYNTHETIC_BATCHES = env.bool("ASR_SYNTHETIC_BATCHES", default=False)
 # Load the engine when a worker process starts, not on its first job.
 ASR_PRELOAD = env.bool("ASR_PRELOAD", default=True)
 # FunASR (ASR_ENGINE=funasr): optional local VAD (fsmn-vad) and punctuation model
@@ -346,11 +349,11 @@ ASR_MAX_SEGMENT_SECONDS = env.float("ASR_MAX_SEGMENT_SECONDS", default=30)
 # CPU, where activations are worker RAM (SenseVoiceSmall ~3.4 MB per audio second),
 # no limit on a GPU (ASR_BATCH_SIZE and the out-of-memory halving govern VRAM).
 ASR_CALL_AUDIO_SECONDS = env.float("ASR_CALL_AUDIO_SECONDS", default=0)
-# Micro-batching: a worker that takes a short job also takes other short jobs waiting
-# in the queue (the oldest first) and runs them together: one engine call on engines
-# that batch (FunASR on a GPU), one task's set-up and fewer database round trips on
-# the others. Bounded by the number of jobs (1: off), their total audio, the length
-# of a job that may join, and how long to wait for more (engines that batch only).
+# Micro-batching, on engines that batch natively (FunASR on a GPU) only: a worker
+# that takes a short job also takes other short jobs waiting in the queue (the
+# oldest first) and runs them in one engine call. Bounded by the number of jobs (1:
+# off), their total audio, the length of a job that may join, how long to wait for
+# more, and a fair share of the waiting jobs per process (none left idle).
 ASR_BATCH_JOBS = env.int("ASR_BATCH_JOBS", default=16)
 ASR_BATCH_AUDIO_SECONDS = env.float("ASR_BATCH_AUDIO_SECONDS", default=120)
 ASR_BATCH_JOB_MAX_SECONDS = env.float("ASR_BATCH_JOB_MAX_SECONDS", default=30)

@@ -79,8 +79,9 @@ class Engine(Protocol):
     model_name: str
     device: str
     # True when ``transcribe_batch`` runs clips together (one forward pass for many,
-    # as FunASR on a GPU); False when it is a loop over ``transcribe``. A worker only
-    # waits for more short jobs to fill a batch for engines that batch.
+    # as FunASR on a GPU); False when it is a loop over ``transcribe``. A worker
+    # takes other short jobs into a batch only for engines that batch: for the
+    # others a batch buys no speed and puts more jobs in the way of one crash.
     batches_natively: bool
     # The languages it can be asked for (ISO 639-1 codes, as asr.languages); None:
     # any of them. Workers report it (asr.ops.redis_state), so that doors refuse a

@@ -71,6 +71,11 @@ def asr_slots() -> int:
     return max(slots, 1)
 
 
+def asr_slots_recent() -> int:
+    """``asr_slots``, reused for a few seconds: a worker asks before every batch."""
+    return int(_memoised("asr_slots", asr_slots))
+
+
 def mean_processing_seconds(sample: int = 50) -> float | None:
     """Mean wall time of the latest finished jobs within the throughput window."""
     since = timezone.now() - timedelta(seconds=settings.OPS_THROUGHPUT_WINDOW_SECONDS)

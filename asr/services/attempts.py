@@ -7,7 +7,9 @@ redelivered message, a retry) only the latest may write:
 
 - claim (``attempt_claim``): running, attempts + 1, a deadline from the hard time
   limit, the worker's name; only while attempts < ASR_MAX_ATTEMPTS. A unit whose
-  workers died that often is not run again: it fails ``worker_lost``.
+  workers died that often is not run again: it fails ``worker_lost``. (A job that a
+  dead batch held but was not working on gets its attempt back: see
+  ``asr.services.claim``.)
 - what goes wrong in an attempt (``failure_of``, ``transient_failure``): bad audio
   and an engine's refusal fail at once with their own code; the soft time limit fails
   ``timeout``; a transient engine or storage error propagates for the task to
@@ -242,11 +244,19 @@ def attempt_update(job: Transcription, **fields: Any) -> bool:
     """Write ``fields`` on the job's row, and take its next event sequence number,
     if ``job``'s attempt still holds it (running, no newer attempt); whether it did.
 
+    An attempt is its number and the message that runs it: a job that a dead
+    batch gave its attempt back (``asr.services.claim``) runs the same number again,
+    under a new message.
+
     The attempt holds the number as it left it (claim, progress): the next is known
     without reading it back, unless an event from elsewhere came in between.
     """
     current = Transcription.objects.filter(
-        pk=job.pk, status=Status.RUNNING, attempts=job.attempts
+        pk=job.pk,
+        status=Status.RUNNING,
+        attempts=job.attempts,
+        task_id=job.task_id,
+        batch_task_id=job.batch_task_id,
     )
     if current.filter(event_seq=job.event_seq).update(
         event_seq=job.event_seq + 1, **fields

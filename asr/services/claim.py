@@ -1,10 +1,20 @@
 """Which message runs a job: claiming it, micro-batching short jobs under one
-message, and giving a dead batch's jobs back to the queue."""
+message, and giving a dead batch's jobs back to the queue.
+
+Who pays for a dead process: every claim costs a job an attempt, and a job whose
+workers died ASR_MAX_ATTEMPTS times is not run again (``worker_lost``). Of the jobs a
+dead batch held, only those its process was working on when it died
+(``in_progress``: the one being decoded, or those in the engine call) may have
+killed it; they keep the attempt, and the others get theirs back. So a file that
+crashes the decoder or the model fails by itself, and never takes the jobs that
+happened to share its batch to the cap.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 import uuid
 from datetime import timedelta
@@ -12,13 +22,18 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case
 from django.db.models import F
+from django.db.models import Q
+from django.db.models import Value
+from django.db.models import When
 from django.utils import timezone
 
 from asr.events import transcription_event_record
 from asr.events import transcription_events_record_bulk
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
+from asr.ops import stats
 from asr.services import attempts
 from asr.services import dispatch
 from asr.services import fanout
@@ -39,6 +54,11 @@ def holder_task_id(*, status: str, task_id: str, batch_task_id: str) -> str | No
     return None
 
 
+def _held_by(task_id: str) -> Q:
+    """The jobs message ``task_id`` runs: its own, and those it took into its batch."""
+    return Q(batch_task_id=task_id) | Q(task_id=task_id, batch_task_id="")
+
+
 def transcription_claim(
     *, transcription_id: str, task_id: str, hostname: str
 ) -> Transcription | None:
@@ -50,10 +70,14 @@ def transcription_claim(
     is only redelivered once the worker that held it is gone (the broker's visibility
     timeout is longer than any task's hard limit). Any other message for a running
     job (its own, while a batch runs it) does nothing.
+
+    A redelivered message whose batch died while working on another of its jobs
+    claims nothing: all the batch's jobs go back to the queue, this one with its
+    attempt given back (``transcription_batch_release``).
     """
     row = (
         Transcription.objects.filter(pk=transcription_id)
-        .values("status", "duration_hint", "task_id", "batch_task_id")
+        .values("status", "duration_hint", "task_id", "batch_task_id", "in_progress")
         .first()
     )
     if row is None or row["status"] not in (Status.QUEUED, Status.RUNNING):
@@ -75,6 +99,10 @@ def transcription_claim(
         # Long audio already split into chunks: never claimed or split again.
         if fanout.transcription_fan_out_resume(transcription_id=transcription_id):
             return None
+        if not row["in_progress"]:
+            # Its batch died on another job: this one did not cause it.
+            transcription_batch_release(task_id=task_id, leader=True)
+            return None
         claimable = claimable.filter(batch_task_id=row["batch_task_id"])
     job = _claim(claimable, transcription_id, task_id, hostname, row["duration_hint"])
     if job is None:
@@ -83,9 +111,8 @@ def transcription_claim(
         )
         return None
     if redelivered:
-        # This message ran a batch when its worker died: the jobs it had taken go
-        # back to the queue, each to run on its own, so one file that kills workers
-        # cannot take the others down with it.
+        # This message ran a batch when its worker died, working on this job (now
+        # run again, alone): the jobs it had taken go back to the queue.
         transcription_batch_release(task_id=task_id, keep=transcription_id)
     job.claim_redelivered = redelivered  # type: ignore[attr-defined]
     return job
@@ -126,6 +153,8 @@ def _claim(
             deadline_at=now + timedelta(seconds=hard),
             task_id=task_id,
             batch_task_id="",
+            # Alone, or the first of its batch: what its process works on.
+            in_progress=True,
             event_seq=F("event_seq") + 1,
         ):
             return None
@@ -143,27 +172,35 @@ def _claim(
 def transcription_batch_claim(
     *, leader: Transcription, task_id: str, hostname: str, wait: float = 0.0
 ) -> list[Transcription]:
-    """Take other short queued jobs to run with ``leader`` under its message.
+    """Take other short queued jobs to run with ``leader`` under its message: for
+    engines that batch natively (one engine call for them all); the caller asks.
 
-    The oldest first, within ASR_BATCH_JOBS and ASR_BATCH_AUDIO_SECONDS; if fewer
-    are waiting, look again for up to ``wait`` seconds. Each is claimed like a job
-    of its own (queued -> running, attempts + 1, a STARTED event), marked as held by
-    ``task_id``; its own message, when it comes, does nothing.
+    The oldest first, within ASR_BATCH_JOBS and ASR_BATCH_AUDIO_SECONDS, and never
+    more than the batch's fair share of the waiting jobs (``_batch_share``); if
+    fewer are waiting, look again for up to ``wait`` seconds. Each is claimed like
+    a job of its own (queued -> running, attempts + 1, a STARTED event), marked as
+    held by ``task_id``; its own message, when it comes, does nothing. A job that
+    has been charged an attempt before (a worker died on it) neither leads nor
+    joins a batch: it runs alone, so that if it kills a worker again it is alone.
     """
-    if not dispatch.batchable(leader.duration_hint):
+    if not dispatch.batchable(leader.duration_hint) or leader.attempts > 1:
         return []
-    room = settings.ASR_BATCH_JOBS - 1
     budget = settings.ASR_BATCH_AUDIO_SECONDS - (leader.duration_hint or 0.0)
     members: list[Transcription] = []
     give_up = time.monotonic() + wait
-    while room > 0 and budget > 0:
-        taken = _batch_claim_once(
-            leader=leader, task_id=task_id, hostname=hostname, room=room, budget=budget
-        )
-        members += taken
-        room -= len(taken)
-        budget -= sum(job.duration_hint or 0.0 for job in taken)
-        if room <= 0 or time.monotonic() >= give_up:
+    while budget > 0:
+        room = _batch_share(taken=len(members)) - 1 - len(members)
+        if room > 0:
+            taken = _batch_claim_once(
+                leader=leader,
+                task_id=task_id,
+                hostname=hostname,
+                room=room,
+                budget=budget,
+            )
+            members += taken
+            budget -= sum(job.duration_hint or 0.0 for job in taken)
+        if len(members) + 1 >= settings.ASR_BATCH_JOBS or time.monotonic() >= give_up:
             break
         time.sleep(min(0.005, max(give_up - time.monotonic(), 0)))
     if members:
@@ -184,6 +221,19 @@ def transcription_batch_claim(
     return members
 
 
+def _batch_share(*, taken: int) -> int:
+    """The most jobs a batch may hold (its leader and ``taken`` included).
+
+    Never at the expense of an idle process: a batch takes no more than its fair
+    share of the work waiting, as if every process that consumes `asr` (from the
+    workers' heartbeats) were free to take the rest. 4 short jobs and 2 processes
+    run 2 and 2, not 4 and 0; a deep queue still fills every batch to ASR_BATCH_JOBS.
+    """
+    waiting = Transcription.objects.filter(status=Status.QUEUED).count() + 1 + taken
+    share = math.ceil(waiting / stats.asr_slots_recent())
+    return min(settings.ASR_BATCH_JOBS, share)
+
+
 def _batch_claim_once(
     *, leader: Transcription, task_id: str, hostname: str, room: int, budget: float
 ) -> list[Transcription]:
@@ -197,7 +247,8 @@ def _batch_claim_once(
                 status=Status.QUEUED,
                 duration_hint__gt=0,
                 duration_hint__lte=longest,
-                attempts__lt=settings.ASR_MAX_ATTEMPTS,
+                # Never charged: a job a worker died on runs alone.
+                attempts=0,
             )
             .exclude(pk=leader.pk)
             .order_by("created_at")
@@ -218,6 +269,7 @@ def _batch_claim_once(
             now=timezone.now(),
             deadline_at=leader.deadline_at,
             batch_task_id=task_id,
+            in_progress=False,
             event_seq=F("event_seq") + 1,
         )
         members = list(
@@ -232,44 +284,73 @@ def _batch_claim_once(
     return members
 
 
-def transcription_batch_release(*, task_id: str, keep: Any = None) -> int:
+def transcription_batch_in_progress(*, task_id: str, jobs: list[Transcription]) -> None:
+    """Record that the process running batch message ``task_id`` now works on
+    ``jobs`` (one being decoded, or those in one engine call), and on none of the
+    batch's others: if it dies now, only these may have killed it."""
+    working = [job.pk for job in jobs]
+    Transcription.objects.filter(_held_by(task_id), status=Status.RUNNING).update(
+        in_progress=Case(When(pk__in=working, then=Value(True)), default=Value(False))
+    )
+
+
+def transcription_batch_release(
+    *, task_id: str, keep: Any = None, leader: bool = False
+) -> int:
     """Put back in the queue the running jobs held by batch message ``task_id``
-    (but ``keep``), each under a new message of its own."""
-    released = 0
+    (with ``leader``, the message's own job too; never ``keep``), each under a new
+    message of its own; how many.
+
+    Those the batch's process was not working on when it stopped get back the
+    attempt their claim cost; those it was (``in_progress``) keep it and run alone
+    from now on (``transcription_batch_claim``).
+    """
+    released = given_back = 0
+    held = Q(batch_task_id=task_id)
+    if leader:
+        held = _held_by(task_id)
     with transaction.atomic():
-        held = Transcription.objects.filter(
-            batch_task_id=task_id, status=Status.RUNNING
-        )
+        rows = Transcription.objects.filter(held, status=Status.RUNNING)
         if keep is not None:
-            held = held.exclude(pk=keep)
-        for job in held.select_for_update():
+            rows = rows.exclude(pk=keep)
+        for job in rows.select_for_update().order_by("created_at"):
+            counted = job.in_progress or not job.attempts
             # A new task id: the job's old message may still be waiting in the queue,
-            # and two messages with one id could both take the job.
+            # and two messages with one id could both take the job. (It also fences
+            # off the old attempt, whose number a job given its attempt back reuses.)
             new_task_id = str(uuid.uuid4())
             if not Transcription.objects.filter(
-                pk=job.pk, status=Status.RUNNING, batch_task_id=task_id
+                held, pk=job.pk, status=Status.RUNNING, attempts=job.attempts
             ).update(
                 status=Status.QUEUED,
                 batch_task_id="",
                 task_id=new_task_id,
                 started_at=None,
                 deadline_at=None,
+                attempts=job.attempts if counted else job.attempts - 1,
             ):
                 continue
             job.status, job.task_id, job.batch_task_id = Status.QUEUED, new_task_id, ""
             transcription_event_record(
                 transcription_id=job.pk,
                 kind=Kind.REQUEUED,
-                data={"reason": "its batch's worker stopped", "batch_task_id": task_id},
+                data={
+                    "reason": "its batch's worker stopped",
+                    "batch_task_id": task_id,
+                    "attempt_counted": counted,
+                },
             )
             transaction.on_commit(
                 functools.partial(dispatch.transcription_enqueue, transcription=job)
             )
             released += 1
+            given_back += not counted
     if released:
         logger.warning(
-            "batch %s: %d jobs put back in the queue after its worker stopped",
+            "batch %s: %d jobs put back in the queue after its worker stopped, %d "
+            "with their attempt given back",
             task_id,
             released,
+            given_back,
         )
     return released

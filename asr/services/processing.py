@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,11 @@ def transcription_process(
 ) -> None:
     """Worker side of one message: claim, decode, transcribe, store.
 
-    A short job takes other short jobs waiting in the queue with it (micro-batching,
-    ASR_BATCH_*), unless its message is a redelivery. Permanent problems (bad audio,
+    On an engine that batches natively, a short job takes other short jobs waiting
+    in the queue with it (micro-batching, ASR_BATCH_*), unless its message is a
+    redelivery. An engine that runs clips one at a time would gain nothing from a
+    batch: it would only keep the jobs from idle processes (and other machines) and
+    put them all in the way of one crash. Permanent problems (bad audio,
     unsupported language, timeout, audio not in the store) fail a job at once.
     Transient ones (``attempts.TRANSIENT_ERRORS``) propagate so that the task retries, until the cap.
     """
@@ -58,19 +62,19 @@ def transcription_process(
         task_id,
     )
     members: list[Transcription] = []
-    if not getattr(job, "claim_redelivered", False):
+    if getattr(engine, "batches_natively", False) and not getattr(
+        job, "claim_redelivered", False
+    ):
         members = claim.transcription_batch_claim(
             leader=job,
             task_id=task_id,
             hostname=hostname,
-            wait=settings.ASR_BATCH_WAIT_SECONDS
-            if getattr(engine, "batches_natively", False)
-            else 0.0,
+            wait=settings.ASR_BATCH_WAIT_SECONDS,
         )
     jobs = [job, *members]
     try:
         if members:
-            _process_batch(jobs, engine)
+            _process_batch(jobs, engine, task_id=task_id)
         else:
             _process_one(job, engine)
     except attempts.TRANSIENT_ERRORS as exc:
@@ -161,40 +165,38 @@ def _process_one(job: Transcription, engine: Any) -> None:
     )
 
 
-def _process_batch(jobs: list[Transcription], engine: Any) -> None:
-    """Run a batch: on an engine that batches, decode every job (a bad file fails
-    alone), transcribe them in one call and store them together; on the others, each
-    job in turn, stored as soon as it is done (its watchers need not wait for the
-    rest of the batch)."""
-    done: set[Any] = set()
+def _process_batch(jobs: list[Transcription], engine: Any, *, task_id: str) -> None:
+    """Run a batch on an engine that batches: decode every job (a bad file fails
+    alone), transcribe them in one call, store them together.
 
-    def write(outcomes: list[attempts.Outcome]) -> None:
-        attempts.attempts_finish(outcomes)
-        done.update(job.pk for job, _, _ in outcomes)
+    Before each step the batch records which of its jobs the step is for (the one
+    being decoded, those in the engine call): if a file kills the process, only
+    those are charged the attempt (``claim.transcription_batch_release``).
+    """
+
+    def working_on(step: list[Transcription]) -> None:
+        claim.transcription_batch_in_progress(task_id=task_id, jobs=step)
 
     try:
-        if getattr(engine, "batches_natively", False):
-            failed: list[attempts.Outcome] = []
-            ready: list[Decoded] = []
-            for job in jobs:
-                try:
-                    samples, decode_seconds = _decode(job)
-                except audio_lib.AudioError as exc:
-                    failed.append(attempts.failed(job, attempts.failure_of(exc)))
-                    continue
-                ready.append((job, samples, decode_seconds))
-            write(failed + (_transcribe_together(ready, engine) if ready else []))
-        else:
-            for job in jobs:
-                try:
-                    samples, decode_seconds = _decode(job)
-                except audio_lib.AudioError as exc:
-                    write([attempts.failed(job, attempts.failure_of(exc))])
-                    continue
-                write([_transcribe_alone((job, samples, decode_seconds), engine)])
+        failed: list[attempts.Outcome] = []
+        ready: list[Decoded] = []
+        for job in jobs:
+            working_on([job])
+            try:
+                samples, decode_seconds = _decode(job)
+            except audio_lib.AudioError as exc:
+                failed.append(attempts.failed(job, attempts.failure_of(exc)))
+                continue
+            ready.append((job, samples, decode_seconds))
+        outcomes = failed
+        if ready:
+            working_on([job for job, _, _ in ready])
+            outcomes += _transcribe_together(ready, engine, working_on)
+        attempts.attempts_finish(outcomes)
     except SoftTimeLimitExceeded as exc:
+        # Nothing was stored yet (the outcomes are written together, at the end).
         timeout = attempts.failure_of(exc)
-        write([attempts.failed(job, timeout) for job in jobs if job.pk not in done])
+        attempts.attempts_finish([attempts.failed(job, timeout) for job in jobs])
 
 
 def _transcribe_alone(item: Decoded, engine: Any) -> attempts.Outcome:
@@ -219,7 +221,11 @@ def _transcribe_alone(item: Decoded, engine: Any) -> attempts.Outcome:
     )
 
 
-def _transcribe_together(ready: list[Decoded], engine: Any) -> list[attempts.Outcome]:
+def _transcribe_together(
+    ready: list[Decoded],
+    engine: Any,
+    working_on: Callable[[list[Transcription]], None],
+) -> list[attempts.Outcome]:
     started = time.monotonic()
     try:
         results = engine.transcribe_batch(
@@ -229,7 +235,11 @@ def _transcribe_together(ready: list[Decoded], engine: Any) -> list[attempts.Out
         )
     except EngineError:
         # One job's problem (its language, say) must not fail the others: find it.
-        return [_transcribe_alone(item, engine) for item in ready]
+        alone = []
+        for item in ready:
+            working_on([item[0]])
+            alone.append(_transcribe_alone(item, engine))
+        return alone
     elapsed = time.monotonic() - started
     total = sum(samples.shape[0] for _, samples, _ in ready) or 1
     outcomes = []

@@ -1,4 +1,6 @@
-"""Micro-batching: a short job's message takes other short waiting jobs with it.
+"""Micro-batching: on an engine that batches natively, a short job's message takes
+other short waiting jobs with it; when its process dies, only the jobs it was working
+on are charged the attempt.
 
 In-process, with fake engines; tests/asr/test_batching_pipeline.py runs the same
 through a real worker.
@@ -21,7 +23,10 @@ from asr.engines import EngineError
 from asr.engines import Segment
 from asr.engines import TranscriptionResult
 from asr.models import Transcription
+from asr.ops import stats
+from asr.services import claim
 from asr.services import dispatch
+from asr.services import processing
 from tests.asr.test_api import wav_bytes
 
 pytestmark = pytest.mark.django_db
@@ -30,12 +35,19 @@ Status = Transcription.Status
 
 
 @pytest.fixture(autouse=True)
-def _batching(settings: Any, tmp_path: Path) -> None:
+def _batching(
+    settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """Batching settings, and how many worker processes consume `asr` (one, unless
+    a test changes it): the session's own workers must not count."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.ASR_BATCH_JOBS = 4
     settings.ASR_BATCH_AUDIO_SECONDS = 10
     settings.ASR_BATCH_JOB_MAX_SECONDS = 5
     settings.ASR_BATCH_WAIT_SECONDS = 0
+    processes = [1]
+    monkeypatch.setattr(stats, "asr_slots_recent", lambda: processes[0])
+    return processes
 
 
 @pytest.fixture
@@ -107,10 +119,9 @@ def short_job(
     seconds: float = 1.0, *, age: float = 0.0, **fields: Any
 ) -> Transcription:
     job = Transcription(
-        original_filename="a.wav",
         duration_hint=seconds,
         created_at=timezone.now() - timedelta(seconds=age),
-        **fields,
+        **{"original_filename": "a.wav", **fields},
     )
     job.task_id = f"own-{job.id}"
     job.audio.save(f"{job.id}.wav", ContentFile(wav_bytes(seconds)), save=False)
@@ -266,12 +277,203 @@ def test_one_jobs_engine_error_does_not_fail_the_others() -> None:
     assert rows[1].error_code == "unsupported_language"
 
 
-def test_engines_without_batched_inference_run_each_job_in_turn() -> None:
+def test_engines_without_batched_inference_take_no_other_jobs() -> None:
+    # given three short jobs waiting, and an engine that runs clips one at a time
     a, b, c = short_job(1, age=3), short_job(1, age=2), short_job(1, age=1)
     engine = LoopEngine()
+
     run_message(a, engine)
-    assert engine.batch_calls == [] and engine.single_calls == 3
-    assert all(j.status == Status.SUCCEEDED for j in fresh(a, b, c))
+
+    # then the message ran its own job only: the others wait for their own
+    # messages, which any idle process (or machine) may take
+    assert engine.batch_calls == [] and engine.single_calls == 1
+    assert [j.status for j in fresh(a, b, c)] == [
+        Status.SUCCEEDED,
+        Status.QUEUED,
+        Status.QUEUED,
+    ]
+    assert [j.attempts for j in fresh(a, b, c)] == [1, 0, 0]
+
+
+def test_a_batch_takes_no_more_than_its_share_of_the_waiting_jobs(
+    _batching: list[int],
+) -> None:
+    # given 4 short jobs waiting and 2 processes consuming the queue
+    _batching[0] = 2
+    jobs = [short_job(1, age=4 - i) for i in range(4)]
+    engine = BatchingEngine()
+
+    # when the first job's message comes
+    run_message(jobs[0], engine)
+
+    # then its batch takes one more job, leaving two for the other process
+    assert engine.batch_calls == [2]
+    assert [j.status for j in fresh(*jobs)] == [Status.SUCCEEDED] * 2 + [
+        Status.QUEUED
+    ] * 2
+
+    # and with one process for 3 waiting jobs, a batch takes them all
+    _batching[0] = 1
+    run_message(jobs[2], engine)
+    assert engine.batch_calls == [2, 2]
+
+
+def test_a_job_a_worker_died_on_neither_leads_nor_joins_a_batch() -> None:
+    # given a job that has cost an attempt before (its worker died running it)
+    charged = short_job(1, age=3, attempts=1)
+    fresh_one, other = short_job(1, age=2), short_job(1, age=1)
+    engine = BatchingEngine()
+
+    # when a fresh job's message comes, its batch leaves the charged one out
+    run_message(fresh_one, engine)
+    assert engine.batch_calls == [2]
+    assert [j.status for j in fresh(charged, fresh_one, other)] == [
+        Status.QUEUED,
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+    ]
+
+    # and the charged one, when its own message comes, runs alone
+    late = short_job(1, age=0)
+    run_message(charged, engine)
+    assert (engine.batch_calls, engine.single_calls) == ([2], 1)
+    assert fresh(charged)[0].attempts == 2
+    assert fresh(late)[0].status == Status.QUEUED
+
+
+class ProcessDied(BaseException):
+    """What a file that crashes the decoder does to the process running it,
+    in-process: nothing after it runs, and nothing is written."""
+
+
+@pytest.fixture
+def poison(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job whose file is named poison.wav kills the process that decodes it."""
+    decode = processing._decode
+
+    def decode_or_die(job: Transcription) -> Any:
+        if job.original_filename == "poison.wav":
+            raise ProcessDied(str(job.id))
+        return decode(job)
+
+    monkeypatch.setattr(processing, "_decode", decode_or_die)
+
+
+def drain(
+    engine: Any, sent: list[tuple[str, str]], on_commit: Any, limit: int = 50
+) -> int:
+    """Deliver messages as a broker with a dying worker would: each sent message in
+    turn; one whose process died comes back, as its broker would hand it on. How
+    many times a process died."""
+    deaths = 0
+    for _ in range(limit):
+        if not sent:
+            return deaths
+        job_id, task_id = sent.pop(0)
+        try:
+            with on_commit(execute=True):
+                services.transcription_process(
+                    transcription_id=job_id,
+                    task_id=task_id,
+                    hostname="w1",
+                    engine=engine,
+                )
+        except ProcessDied:
+            deaths += 1
+            sent.append((job_id, task_id))
+    raise AssertionError(f"still sending after {limit} messages: {sent}")
+
+
+@pytest.mark.usefixtures("poison")
+def test_jobs_batched_with_a_poison_file_succeed_and_it_fails_alone(
+    sent: list[tuple[str, str]], django_capture_on_commit_callbacks: Any
+) -> None:
+    # given a batch of four short jobs, the second of which kills its worker
+    good1 = short_job(1, age=4)
+    bad = short_job(1, age=3, original_filename="poison.wav")
+    good2, good3 = short_job(1, age=2), short_job(1, age=1)
+    engine = BatchingEngine()
+
+    # when every message runs, and each that died is handed on again
+    # (the others' own messages, revoked by the batch, would find nothing to do)
+    sent.append((str(good1.id), good1.task_id))
+    deaths = drain(engine, sent, django_capture_on_commit_callbacks)
+
+    # then the poison file killed its worker three times, and failed alone
+    assert deaths == 3
+    bad_row, *good_rows = fresh(bad, good1, good2, good3)
+    assert (bad_row.status, bad_row.error_code, bad_row.attempts) == (
+        Status.FAILED,
+        "worker_lost",
+        3,
+    )
+    # and the jobs that shared its batch succeeded, charged one attempt each: the
+    # one they ran in, not the one the poison file cost
+    assert [(r.status, r.attempts) for r in good_rows] == [(Status.SUCCEEDED, 1)] * 3
+    for row in good_rows:
+        requeued = row.events.get(kind="requeued")
+        assert requeued.data["attempt_counted"] is False
+    assert engine.batch_calls == [3]
+
+
+def test_jobs_in_the_engine_call_a_process_died_in_share_the_attempt(
+    sent: list[tuple[str, str]], django_capture_on_commit_callbacks: Any
+) -> None:
+    # given a batch of three, whose process died in its engine call
+    leader, m1, m2 = short_job(1, age=3), short_job(1, age=2), short_job(1, age=1)
+    claimed = services.transcription_claim(
+        transcription_id=str(leader.id), task_id=leader.task_id, hostname="w1"
+    )
+    assert claimed is not None
+    members = services.transcription_batch_claim(
+        leader=claimed, task_id=leader.task_id, hostname="w1"
+    )
+    claim.transcription_batch_in_progress(
+        task_id=leader.task_id, jobs=[claimed, *members]
+    )
+
+    # when the batch's message comes back
+    with django_capture_on_commit_callbacks(execute=True):
+        run_message(leader, BatchingEngine())
+
+    # then each of them may have killed it: each keeps the attempt, and runs alone
+    leader_row, m1_row, m2_row = fresh(leader, m1, m2)
+    assert (leader_row.status, leader_row.attempts) == (Status.SUCCEEDED, 2)
+    assert [(r.status, r.attempts) for r in (m1_row, m2_row)] == [
+        (Status.QUEUED, 1)
+    ] * 2
+    assert all(
+        r.events.get(kind="requeued").data["attempt_counted"] for r in (m1_row, m2_row)
+    )
+
+
+def test_an_old_attempt_cannot_write_over_the_one_that_reuses_its_number(
+    sent: list[tuple[str, str]], django_capture_on_commit_callbacks: Any
+) -> None:
+    # given a batch member given back its attempt when its batch died
+    leader, member = short_job(1, age=2), short_job(1, age=1)
+    claimed = services.transcription_claim(
+        transcription_id=str(leader.id), task_id=leader.task_id, hostname="w1"
+    )
+    assert claimed is not None
+    (old,) = services.transcription_batch_claim(
+        leader=claimed, task_id=leader.task_id, hostname="w1"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        services.transcription_batch_release(task_id=leader.task_id)
+    # and claimed again by its new message: attempt 1 again
+    again = services.transcription_claim(
+        transcription_id=str(member.id), task_id=fresh(member)[0].task_id, hostname="w2"
+    )
+    assert again is not None and again.attempts == old.attempts == 1
+
+    # when the old attempt (had it lived on) tries to finish the job
+    written = services.transcription_fail(transcription=old, code="x", message="old")
+
+    # then nothing is written: the job is the new attempt's
+    assert not written
+    assert fresh(member)[0].status == Status.RUNNING
+    assert services.transcription_fail(transcription=again, code="y", message="new")
 
 
 def test_a_redelivered_batch_message_runs_its_own_job_alone_and_requeues_the_rest(
@@ -293,24 +495,65 @@ def test_a_redelivered_batch_message_runs_its_own_job_alone_and_requeues_the_res
     with django_capture_on_commit_callbacks(execute=True):
         run_message(leader, engine)
 
-    # then the leader ran again, alone (attempt 2)
+    # then the leader, which the process was working on, ran again, alone, as
+    # attempt 2
     leader_row, m1_row, m2_row = fresh(leader, m1, m2)
     assert (leader_row.status, leader_row.attempts) == (Status.SUCCEEDED, 2)
     assert (engine.batch_calls, engine.single_calls) == ([], 1)
-    # and the others are back in the queue under new messages of their own
+    # and the others are back in the queue under new messages of their own, with
+    # the attempt their claim cost given back
     for row in (m1_row, m2_row):
         assert row.status == Status.QUEUED
         assert row.batch_task_id == ""
         assert row.task_id != old_task_ids[row.pk]
+        assert row.attempts == 0
         assert kinds(row) == ["started", "requeued"]
     assert sorted(sent) == sorted((str(r.pk), r.task_id) for r in (m1_row, m2_row))
 
-    # and an old message of theirs, still in the queue, runs one as usual
+    # and an old message of theirs, still in the queue, runs one as usual (in a
+    # batch of two: neither was charged)
     run_message(m1_row, engine, task_id=old_task_ids[m1.pk])
-    assert fresh(m1)[0].status == Status.SUCCEEDED
+    assert [j.status for j in fresh(m1, m2)] == [Status.SUCCEEDED] * 2
     # while the new one, coming second, finds nothing to do
     run_message(m1_row, engine, task_id=m1_row.task_id)
-    assert fresh(m1)[0].attempts == 2
+    assert fresh(m1)[0].attempts == 1
+
+
+def test_a_batch_that_died_decoding_a_member_gives_back_every_job_but_that_one(
+    sent: list[tuple[str, str]], django_capture_on_commit_callbacks: Any
+) -> None:
+    # given a batch whose process died decoding its second job
+    leader, m1, m2 = short_job(1, age=3), short_job(1, age=2), short_job(1, age=1)
+    claimed = services.transcription_claim(
+        transcription_id=str(leader.id), task_id=leader.task_id, hostname="w1"
+    )
+    assert claimed is not None
+    services.transcription_batch_claim(
+        leader=claimed, task_id=leader.task_id, hostname="w1"
+    )
+    claim.transcription_batch_in_progress(task_id=leader.task_id, jobs=[m1])
+
+    # when the broker redelivers the batch's message
+    engine = BatchingEngine()
+    with django_capture_on_commit_callbacks(execute=True):
+        run_message(leader, engine)
+
+    # then it runs nothing: all three are back in the queue under new messages;
+    # only the one being decoded keeps the attempt
+    assert (engine.batch_calls, engine.single_calls) == ([], 0)
+    rows = fresh(leader, m1, m2)
+    assert [(r.status, r.attempts, r.batch_task_id) for r in rows] == [
+        (Status.QUEUED, 0, ""),
+        (Status.QUEUED, 1, ""),
+        (Status.QUEUED, 0, ""),
+    ]
+    assert rows[0].task_id != leader.task_id
+    assert sorted(sent) == sorted((str(r.pk), r.task_id) for r in rows)
+    assert [r.events.get(kind="requeued").data["attempt_counted"] for r in rows] == [
+        False,
+        True,
+        False,
+    ]
 
 
 def test_reconcile_requeues_a_batch_whose_message_was_lost(
