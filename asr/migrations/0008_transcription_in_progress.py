@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('asr', '0006_live_utterances'),
+        ('asr', '0007_openai_source'),
     ]
 
     operations = [
