@@ -132,6 +132,27 @@ async def detach_if_owner(session_id: str, conn: str) -> bool:
     )
 
 
+_PRIORITY_KEYS = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+_partial_backlog: tuple[float, int] = (0.0, 0)
+
+
+async def partial_backlog(*, max_age: float = 0.5) -> int:
+    """Partials waiting in the live_partial queue, read at most every ``max_age``
+    seconds per web process (every stream asks before each partial)."""
+    global _partial_backlog
+    now = time.monotonic()
+    if now - _partial_backlog[0] < max_age:
+        return _partial_backlog[1]
+    _partial_backlog = (now, _partial_backlog[1])
+    prefix = redis_state.key_prefix()
+    pipe = aclient().pipeline(transaction=False)
+    for suffix in _PRIORITY_KEYS:
+        pipe.llen(f"{prefix}live_partial{suffix}")
+    depth = sum(int(n) for n in await pipe.execute())
+    _partial_backlog = (now, depth)
+    return depth
+
+
 async def active_touch(session_id: str) -> None:
     await aclient().zadd(_active_key(), {session_id: time.time()})
 

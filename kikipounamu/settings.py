@@ -255,6 +255,9 @@ LIVE_MAX_UTTERANCE_SECONDS = env.float("LIVE_MAX_UTTERANCE_SECONDS", default=25)
 LIVE_VAD_MODE = env.int("LIVE_VAD_MODE", default=3)
 # A partial is asked for after this much new speech, one at a time per stream.
 LIVE_PARTIAL_INTERVAL = env.float("LIVE_PARTIAL_INTERVAL", default=0.6)
+# No stream asks for a partial while this many wait in the live_partial queue: the
+# live workers are behind, and partials are what can be dropped.
+LIVE_PARTIAL_BACKLOG = env.int("LIVE_PARTIAL_BACKLOG", default=2)
 # FunASR's clients send no credentials: accepted from these networks without a token.
 LIVE_TRUSTED_NETWORKS = env.list(
     "LIVE_TRUSTED_NETWORKS", default=["127.0.0.0/8", "::1"]

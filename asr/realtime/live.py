@@ -555,6 +555,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
             and self.partial_in_flight is None
             and ep.position - max(self.partial_end, ep.speech_start)
             >= settings.LIVE_PARTIAL_INTERVAL * RATE
+            # Live workers that fall behind get no more partials to do until they
+            # catch up: finals go first anyway, and a partial that waits is stale.
+            and await live_store.partial_backlog() < settings.LIVE_PARTIAL_BACKLOG
         ):
             await self._ask_partial()
 
