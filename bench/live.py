@@ -12,6 +12,8 @@ Run from the project root with the virtualenv (`make bench-live` runs it all):
     .venv/bin/python bench/live.py --phases whisperlive --max-streams 8
     .venv/bin/python bench/live.py --phases whisper --speed 2  # twice real time
     .venv/bin/python bench/live.py --json var/bench-live/figures.json
+    .venv/bin/python bench/live.py --phases synthetic --what-if livedispatch
+    .venv/bin/python bench/live.py --phases whisper --split-live  # two live workers
 
 Phases (``--phases``, comma-separated; all by default, in this order):
   whisper      --streams (4) streams of --seconds (40) of speech at once (starts
@@ -46,9 +48,11 @@ Figures, per sentence (utterance) of every stream, scored by bench/whisperlive.p
               speech end, rounded up to the frame) to the arrival of the last final
               covering the sentence (time overlap); a sentence with none is
               infinitely late, and counted as a final lost
-  partial     the gaps between visible changes of the text shown while the sentence
-              is being said (a partial with new text, or its final); a sentence with
-              no change counts its whole length as one gap
+  partial     the gaps between partial messages while the sentence is being said
+              (the target), and between visible changes of the text shown (a
+              partial with new text, or its final: the side-by-side's, as
+              WhisperLive sends no partial messages); a sentence with none counts
+              its whole length as one gap
   WER         of all of a stream's finals against its sentences (tests/speech.py),
               next to the same clips' WER through the file API
   web         CPU (psutil: user + system over the phase) per stream-second of audio,
@@ -64,6 +68,11 @@ engine, store, push), the engine's seconds per final (LiveUtterance rows), Redis
 memory per stream, each process's CPU, the clients' pacing lag, and how much of the
 machine other programs used meanwhile. Targets are for a 2-core machine and real
 time (--speed 1); at another speed the figures are printed but not judged.
+
+--what-if NAME,... loads bench/whatif/sitecustomize.py into the servers, to measure a
+change proposed for the project without editing it (livedispatch: no DB hop per
+audio frame; livepriority: finals before partials); the figures are then labelled
+as such and are not the project's.
 """
 
 from __future__ import annotations
@@ -205,6 +214,10 @@ async def live_stream(
                 out["error"] = f"no end within {END_TIMEOUT:.0f} s of stop"
             out["close_code"] = ws.close_code
             out["close_reason"] = ws.close_reason or ""
+    except websockets.ConnectionClosed as exc:
+        # Closed while we sent: the server's close frame says why (none: 1006).
+        out["close_code"] = exc.rcvd.code if exc.rcvd else 1006
+        out["close_reason"] = exc.rcvd.reason if exc.rcvd else "no close frame"
     except Exception as exc:  # a failed connection is a figure, not a crash
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     return out
@@ -310,7 +323,8 @@ def as_stream(
     for at, message in record["messages"]:
         kind = message.get("type")
         if kind == "final":
-            key = (str(message["index"]), "")
+            # Keyed by index, where WhisperLive's are keyed by their times.
+            key = (str(message["index"]), "final")
             if key not in stream.completed:
                 stream.completed[key] = wl.Segment(
                     float(message["start"]), float(message["end"]), message["text"], at
@@ -392,17 +406,18 @@ def score_streams(
         }
         finals = [(at, m) for at, m in r["messages"] if m.get("type") == "final"]
         duplicates += len(finals) - len({m["index"] for _, m in finals})
+        heard = len(s.sent_at) * frame / RATE
         for at, m in finals:
-            if m["index"] in stopped:
-                after.append(at - stopped[m["index"]])
-        for (_, end, _), (finalising, _) in zip(
-            s.clip.utterances, wl.attribute(s), strict=True
-        ):
-            if finalising and len(s.sent_at) * frame >= math.ceil(end * RATE):
-                last = max(finalising, key=lambda seg: seg.at)
-                index = int(next(k for k, v in s.completed.items() if v is last)[0])
-                if index in stopped:
-                    endpoint.append(stopped[index] - s.sent_time(end))
+            if m["index"] not in stopped:
+                continue
+            after.append(at - stopped[m["index"]])
+            # The sentence this final is most of.
+            overlap, end = max(
+                (min(e, m["end"]) - max(b, m["start"]), e)
+                for b, e, _ in s.clip.utterances
+            )
+            if overlap > 0 and end <= heard:
+                endpoint.append(stopped[m["index"]] - s.sent_time(end))
     # The brief's own measure of partials: the gaps between partial messages while
     # a sentence is said (the text may not have changed), counted as above.
     message_gaps: list[float] = []
@@ -480,10 +495,6 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._done.set()
         self.join()
-
-
-def cpu_of(proc: pl.Process) -> float:
-    return proc.cpu_seconds()
 
 
 def measure(
@@ -602,16 +613,22 @@ def wait_ready(proc: pl.Process, timeout: float = 120) -> None:
 
 def start_live_worker(
     s: pl.Stack, opts: argparse.Namespace, *, concurrency: int = 1, **env: str
-) -> pl.Process:
-    proc = s.start_worker(
-        queues="live,live_partial",
-        pool="prefork",
-        concurrency=concurrency,
-        ASR_THREADS=str(opts.threads),
-        **env,
-    )
-    wait_ready(proc)
-    return proc
+) -> None:
+    """The Procfile's live worker (both live queues), or with --split-live one
+    worker for finals and one for partials, so that no final waits for a partial."""
+    queues = ["live", "live_partial"] if opts.split_live else ["live,live_partial"]
+    procs = [
+        s.start_worker(
+            queues=q,
+            pool="prefork",
+            concurrency=concurrency,
+            ASR_THREADS=str(opts.threads),
+            **env,
+        )
+        for q in queues
+    ]
+    for proc in procs:
+        wait_ready(proc)
 
 
 def start_asr_worker(s: pl.Stack, opts: argparse.Namespace) -> pl.Process:
@@ -622,7 +639,9 @@ def start_asr_worker(s: pl.Stack, opts: argparse.Namespace) -> pl.Process:
     return proc
 
 
-def warm_up(url: str, clips: list[live_clips.Clip], streams: int) -> None:
+def warm_up(
+    url: str, clips: list[live_clips.Clip], streams: int, opts: argparse.Namespace
+) -> None:
     """A few short streams, as fast as the sockets take them, each to its end: the
     workers' models loaded and the web's first-use costs paid before measuring."""
     short = [
@@ -630,7 +649,13 @@ def warm_up(url: str, clips: list[live_clips.Clip], streams: int) -> None:
         for c in clips
     ]
     records, _, _ = run_streams(
-        url, short, streams, frame_ms=100, speed=0, deflate=True, procs=1
+        url,
+        short,
+        streams,
+        frame_ms=opts.frame_ms,
+        speed=0,
+        deflate=opts.deflate,
+        procs=1,
     )
     bad = [drop_reason(r) for r in records if drop_reason(r)]
     if bad:
@@ -652,7 +677,7 @@ def write_wavs(clips: list[live_clips.Clip]) -> list[Path]:
 
 
 def file_api_wer(
-    base: str, token: str, clips: list[live_clips.Clip], s: pl.Stack
+    base: str, clips: list[live_clips.Clip], s: pl.Stack
 ) -> tuple[float, list[str]]:
     """The clips through the file API (one job each, the asr worker): their WER
     against the sentences, and the texts."""
@@ -767,7 +792,7 @@ def phase_whisper(
         url = ws_url(base, token=token)
         start_live_worker(s, opts)
         start_asr_worker(s, opts)
-        warm_up(url, clips, min(2, len(clips)))
+        warm_up(url, clips, min(2, len(clips)), opts)
         # The asr worker warm (a user of its own: see file_api_wer).
         pl.submit_and_wait(base, pl.make_token("warm-up")[1], write_wavs(clips[:1]), s)
         waiting = 0
@@ -783,7 +808,7 @@ def phase_whisper(
             f["asr_queue_before"] = waiting
             f["asr_queue_after"] = asr_queue_depth()
         else:
-            f["file_wer"], f["file_texts"] = file_api_wer(base, token, clips, s)
+            f["file_wer"], f["file_texts"] = file_api_wer(base, clips, s)
     if backlog:
         purge_asr_queue()
     print_stream_figures(name, f)
@@ -860,7 +885,7 @@ def phase_synthetic(cfg: pl.Config, opts: argparse.Namespace, report: Report) ->
             ASR_ENGINE="synthetic",
             ASR_SYNTHETIC_RTF="0",
         )
-        warm_up(url, clips, min(10, n))
+        warm_up(url, clips, min(10, n), opts)
         f = measure(s, url, clips, n, opts, procs=opts.client_procs)
     print_stream_figures("synthetic", f, wer=False)
     label = f"synthetic: {n} streams x {opts.synthetic_seconds:.0f} s"
@@ -946,7 +971,7 @@ def phase_whisperlive(cfg: pl.Config, opts: argparse.Namespace, report: Report) 
         _, token = pl.make_token("capacity")
         url = ws_url(base, token=token)
         start_live_worker(s, opts)
-        warm_up(url, clips_of(2), 2)
+        warm_up(url, clips_of(2), 2, opts)
 
         def run_ours(k: int) -> dict[str, Any]:
             f = measure(s, url, clips_of(k), k, opts, procs=1)
@@ -1071,7 +1096,12 @@ def print_table(
     print(f"redis: {cfg.redis}")
     print(
         "web: uvicorn kikipounamu.asgi:application --workers 1; live worker: celery -Q"
-        f" live,live_partial -P prefork -c 1, ASR_THREADS={opts.threads} (synthetic"
+        + (
+            " live and -Q live_partial (two)"
+            if opts.split_live
+            else " live,live_partial"
+        )
+        + f" -P prefork -c 1, ASR_THREADS={opts.threads} (synthetic"
         f" phase: -c {opts.synthetic_concurrency}, ASR_ENGINE=synthetic); asr worker"
         f" -c 1, ASR_THREADS={opts.threads}"
     )
@@ -1113,6 +1143,11 @@ def main() -> int:
     )
     parser.add_argument("--frame-ms", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="ASR_THREADS")
+    parser.add_argument(
+        "--split-live",
+        action="store_true",
+        help="a live worker for finals (-Q live) and one for partials (-Q live_partial)",
+    )
     parser.add_argument(
         "--client-procs", type=int, default=2, help="client processes (synthetic)"
     )
