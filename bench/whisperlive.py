@@ -38,7 +38,10 @@ Figures, per sentence (utterance) of every stream:
             last completed segment that covers the sentence (overlaps its speech by
             0.25 s or half the segment; a segment overlapping none goes to the
             sentence nearest in time). A sentence with no final before the stream
-            ends counts as infinitely late.
+            ends counts as infinitely late. Shown for all sentences, for those the
+            speaker followed with another (WhisperLive completes a segment once
+            Whisper hears the next one begin) and for the last of each stream
+            (then only the repeat rule completes it)
   partial   while the sentence is being said: the gaps between visible changes of
             the text shown (from the first change after it began; a sentence
             during which nothing changed counts its whole length as one gap), and
@@ -46,9 +49,12 @@ Figures, per sentence (utterance) of every stream:
   WER       of the completed text against the sentences (tests/speech.py's
             word_error_rate): per stream, all its text against all its sentences
             (not hurt when a segment straddles two sentences), and per sentence
-  CPU       the server process's CPU seconds per second of audio
+  CPU       the server process's CPU seconds per second of the clips' audio, and
+            the cores it kept busy (its CPU seconds per wall second), and the
+            cores other programs took meanwhile (a shared machine's neighbours)
 The capacity is the largest number of streams (1, 2, 4, 8, ...) whose final p99
-stays at or under 2 s with no stream refused.
+stays at or under 2 s with no stream refused: over all sentences, and over those
+followed by speech.
 """
 
 from __future__ import annotations
@@ -175,6 +181,15 @@ def model_dir() -> Path:
     return path
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split()[1:9]
+    )
+    busy = user + nice + system + irq + softirq + steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 # The server ----------------------------------------------------------------------------
 
 
@@ -262,6 +277,7 @@ class Stream:
     changes: list[float] = field(default_factory=list)  # the shown text changed
     refused: str = ""
     shown: str = ""
+    tail_frames: int = 0  # of silence after the clip
 
     def sent_time(self, clip_seconds: float) -> float:
         """When the frame holding the sample at ``clip_seconds`` left."""
@@ -359,6 +375,7 @@ async def run_stream(
             k += 1
             await _sleep_until(t1 + k * frame_seconds)
             await ws.send(silence)
+            stream.tail_frames += 1
         await ws.send(b"END_OF_AUDIO")
         await asyncio.sleep(0.2)
         receiver.cancel()
@@ -521,6 +538,7 @@ def run_whisperlive(
             time.monotonic(),
             time.process_time(),
         )
+        busy0 = machine_busy_seconds()
 
         async def all_streams() -> list[Stream]:
             return await asyncio.gather(
@@ -536,6 +554,7 @@ def run_whisperlive(
         cpu = server.cpu_seconds() - cpu0
         wall = time.monotonic() - wall0
         client_cpu = time.process_time() - client0
+        others = machine_busy_seconds() - busy0 - cpu - client_cpu
     audio = sum(len(s.sent_at) * s.frame_samples for s in streams) / SAMPLE_RATE
     return {
         "system": f"WhisperLive {PINS['whisper-live']} (faster_whisper, tiny.en int8)",
@@ -546,9 +565,15 @@ def run_whisperlive(
         **options,
         **score(streams),
         "audio_s": audio,
+        "tail_s": sum(s.tail_frames * s.frame_samples for s in streams) / SAMPLE_RATE,
         "wall_s": wall,
         "server_cpu_per_audio_s": cpu / audio if audio else math.nan,
+        "server_cores": cpu / wall,
         "client_cpu_s": client_cpu,
+        # Other programs on the machine meanwhile: on a shared machine, says
+        # whether the figures are WhisperLive's or its neighbours'.
+        "others_cores": others / wall,
+        "machine_cores": os.cpu_count(),
         "server_log": str(server.log),
     }
 
@@ -599,7 +624,9 @@ def _line(f: dict[str, Any]) -> str:
         f"partial gap p95 {f['partial_gap_p95_s']:.2f} s  "
         f"first partial p50 {f['first_partial_p50_s']:.2f} s  "
         f"WER {f['wer']:.1%} (per sentence {f['wer_per_utterance']:.1%})  "
-        f"server CPU {f['server_cpu_per_audio_s']:.2f} s/audio s"
+        f"server CPU {f['server_cpu_per_audio_s']:.2f} s/audio s "
+        f"({f['server_cores']:.2f} cores; others {f['others_cores']:.2f} "
+        f"of {f['machine_cores']})"
         + (f"  REFUSED {len(f['refused'])}" if f["refused"] else "")
     )
 
