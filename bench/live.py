@@ -168,6 +168,7 @@ async def live_stream(
         "sent_at": [],
         "messages": [],  # (arrival, message)
         "t0": 0.0,
+        "opened_at": None,
         "ready_at": None,
         "close_code": None,
         "close_reason": "",
@@ -184,6 +185,7 @@ async def live_stream(
             # close a connection for a late pong and call it the server's drop.
             ping_interval=None,
         ) as ws:
+            out["opened_at"] = time.monotonic()
             await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
 
             async def read() -> None:
@@ -441,9 +443,14 @@ def score_streams(
         for k, sent in enumerate(r["sent_at"])
         if speed > 0
     ]
+    # Socket open -> ready: the session's row and Redis state made (a connect storm
+    # queues these in the web's one thread for database calls).
+    ready = [r["ready_at"] - r["opened_at"] for r in records if r["ready_at"]]
     return {
         **figures,
         "streams": len(records),
+        "ready_p50_s": pct(ready, 50),
+        "ready_p99_s": pct(ready, 99),
         "sessions": [
             m["session"]
             for r in records
@@ -782,7 +789,8 @@ def print_stream_figures(name: str, f: dict[str, Any], *, wer: bool = True) -> N
     print(
         f"    finals lost {f['finals_lost']}/{f['sentences_said']}, duplicated"
         f" {f['finals_duplicated']}; dropped {f['dropped']} {f['dropped_reasons'] or ''};"
-        f" sessions succeeded {f['sessions_succeeded']}/{f['sessions_started']}",
+        f" sessions succeeded {f['sessions_succeeded']}/{f['sessions_started']};"
+        f" open -> ready p50 {secs(f['ready_p50_s'])} p99 {secs(f['ready_p99_s'])}",
         flush=True,
     )
     print(

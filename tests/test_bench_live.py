@@ -28,6 +28,7 @@ def record_of(
     count = math.ceil(clip.seconds / FRAME_SECONDS) if frames is None else frames
     return {
         "t0": 100.0,
+        "opened_at": 99.8,
         "sent_at": [100.0 + (k + 1) * FRAME_SECONDS for k in range(count)],
         "messages": [(99.9, {"type": "ready", "session": "s"}), *messages],
         "ready_at": 99.9,
