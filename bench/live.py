@@ -1081,9 +1081,10 @@ def phase_whisperlive(cfg: pl.Config, opts: argparse.Namespace, report: Report) 
             + (" (search limit)" if their_capacity >= opts.max_streams else ""),
         ),
     ]
-    print(f"    {'':<34}{'kikipounamu':<16}WhisperLive {wl.PINS['whisper-live']}")
+    width = max(len(label) for label, _, _ in rows) + 2
+    print(f"    {'':<{width}}{'kikipounamu':<16}WhisperLive {wl.PINS['whisper-live']}")
     for label, x, y in rows:
-        print(f"    {label:<34}{x:<16}{y}")
+        print(f"    {label:<{width}}{x:<16}{y}")
     label = f"vs WhisperLive at {n} streams"
     report.add(
         f"{label}, final p50",
