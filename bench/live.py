@@ -1183,7 +1183,7 @@ def print_table(
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n", 1)[0],
+        description=(__doc__ or "").split("\n\n", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--phases", default=",".join(PHASES), help=", ".join(PHASES))
