@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench bench-live clean
 
 $(VENV)/.base-installed: requirements/base.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ format: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) bench/pipeline.py
+
+# Live dictation: 4 whisper streams, with a file backlog, 500 synthetic streams, and
+# WhisperLive side by side (~15 min; bench/live.py --help for shorter runs).
+bench-live: $(VENV)/.dev-installed
+	$(PY) bench/live.py
 
 clean:
 	rm -rf $(VENV) var

@@ -419,7 +419,12 @@ class Stack:
             time.sleep(0.1)
 
     def start_worker(
-        self, *, pool: str | None = None, concurrency: int | None = None, **env: str
+        self,
+        *,
+        pool: str | None = None,
+        concurrency: int | None = None,
+        queues: str = "asr",
+        **env: str,
     ) -> Process:
         name = f"worker-{uuid.uuid4().hex[:6]}"
         proc = Process(
@@ -432,7 +437,7 @@ class Stack:
                 "kikipounamu",
                 "worker",
                 "-Q",
-                "asr",
+                queues,
                 "-P",
                 pool or self.cfg.worker_pool,
                 "-c",

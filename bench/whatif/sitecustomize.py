@@ -23,6 +23,21 @@ effect can be measured before anyone edits the code:
               its own database connection, so a burst of 200 uploads opens 200
               connections (PostgreSQL: "too many clients") or 200 writers queueing on
               SQLite's lock ("database is locked" after the 30 s busy timeout).
+
+For bench/live.py --what-if:
+
+  livedispatch
+              asr.realtime.live's consumer skips channels' close_old_connections
+              hop for audio frames and worker pushes: AsyncConsumer.dispatch
+              (channels 4.3) runs it through sync_to_async before every message,
+              in the web's one thread-sensitive thread, so every 100 ms frame of
+              every stream queues there behind the others (and behind the DB calls
+              of sessions that are opening). Its own DB calls go through
+              database_sync_to_async, which closes old connections around each.
+  livepriority
+              the kombu Redis transport reads a worker's queues in the order given
+              (queue_order_strategy "priority") instead of in turn: a live worker
+              (-Q live,live_partial) takes a waiting final before any partial.
 """
 
 from __future__ import annotations
@@ -87,6 +102,24 @@ def _patch_settings(settings: Any) -> None:
         settings.CELERY_TASK_SEND_SENT_EVENT = False
     if "connmaxage" in FIXES:
         settings.DATABASES["default"]["CONN_MAX_AGE"] = 600
+    if "livepriority" in FIXES:
+        settings.CELERY_BROKER_TRANSPORT_OPTIONS = {
+            **settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+            "queue_order_strategy": "priority",
+        }
+
+
+def _patch_live(live: Any) -> None:
+    dispatch = live.LiveConsumer.dispatch
+
+    async def dispatch_without_db_hop(self: Any, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "websocket.receive" or kind.startswith("live."):
+            await getattr(self, kind.replace(".", "_"))(message)
+            return
+        await dispatch(self, message)
+
+    live.LiveConsumer.dispatch = dispatch_without_db_hop
 
 
 def _patch_asr_apps(apps: Any) -> None:
@@ -121,6 +154,8 @@ if "av" in FIXES:
     _after_import("av", _patch_av)
 if "webconcurrency" in FIXES:
     _after_import("kikipounamu.asgi", _patch_asgi)
+if "livedispatch" in FIXES:
+    _after_import("asr.realtime.live", _patch_live)
 if "norealtime" in FIXES:
     _after_import("asr.apps", _patch_asr_apps)
 _after_import("kikipounamu.settings", _patch_settings)
