@@ -12,8 +12,9 @@ sentences. A clip is 16 kHz mono 16-bit PCM: half a second of digital
 silence, then sentences drawn from SENTENCES (shuffled by the seed, each said at
 a rate of 140 to 170 words a minute), each followed by 1.0 to 1.5 s of silence,
 until the clip reaches its length (drawn between 75 % and 100 % of ``seconds``)
-or the next sentence would take it past ``seconds``. A sentence's span runs from its first to its last
-non-silent sample, so ``speech_end_s`` is the moment its last sound stops.
+or the next sentence would take it past ``seconds``. A sentence's span runs from
+its first to its last non-silent sample, so ``speech_end_s`` is the moment its
+last sound stops.
 
 Only numpy and tests/speech.py (espeak-ng, jiwer) are needed: espeak-ng's WAV is
 read with the standard library and resampled from its 22.05 kHz by FFT.
