@@ -76,7 +76,7 @@ def transcribe_chunk(self: Any, chunk_id: str) -> None:
 # Live work (the `live` and `live_partial` queues, their own workers: file jobs
 # never stand in front of it). A final is acknowledged late and given back when its
 # worker dies, so the utterance runs again elsewhere; it is idempotent (one row per
-# utterance). A partial is not: a lost one is replaced by the stream's next.
+# utterance). A partial is not given back: a lost one is replaced by the next.
 _LIVE_TASK: dict[str, Any] = {
     **_ENGINE_TASK,
     "retry_backoff": 1,
@@ -84,7 +84,20 @@ _LIVE_TASK: dict[str, Any] = {
 }
 
 
-@shared_task(name="asr.live_partial", bind=True, ignore_result=True, acks_late=False)
+# Partials and prepares are acknowledged late too, though a lost one costs nothing:
+# a message acknowledged on receipt no longer counts against the prefetch limit, so
+# the worker would take the next one while it runs this, and a final arriving then
+# would wait behind that one as well. Not given back when their worker dies
+# (reject_on_worker_lost off): by then they are stale.
+_LIVE_BEST_EFFORT: dict[str, Any] = {
+    "bind": True,
+    "ignore_result": True,
+    "acks_late": True,
+    "reject_on_worker_lost": False,
+}
+
+
+@shared_task(name="asr.live_partial", **_LIVE_BEST_EFFORT)
 def live_partial(self: Any, session_id: str, index: int, end: int) -> None:
     """Utterance ``index`` of a live session so far (up to sample ``end``)."""
     result = None
@@ -97,7 +110,7 @@ def live_partial(self: Any, session_id: str, index: int, end: int) -> None:
         live_push.partial(session_id, index, result)
 
 
-@shared_task(name="asr.live_prepare", bind=True, ignore_result=True, acks_late=False)
+@shared_task(name="asr.live_prepare", **_LIVE_BEST_EFFORT)
 def live_prepare(self: Any, session_id: str, index: int, start: int, end: int) -> None:
     """Utterance ``index`` as it would end at ``end``: ready for its final. Lost,
     it costs only time (the final transcribes it itself)."""

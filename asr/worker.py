@@ -42,6 +42,13 @@ def pinned_device() -> tuple[str, str]:
     return "cuda", f"cuda:{gpu}"
 
 
+def serves_live() -> bool:
+    """Whether this worker consumes the live queues."""
+    from kikipounamu.celery import app
+
+    return bool(set(app.amqp.queues.consume_from or {}) & {"live", "live_partial"})
+
+
 def engine_options() -> dict[str, Any]:
     device, label = pinned_device()
     return {
@@ -49,7 +56,9 @@ def engine_options() -> dict[str, Any]:
         "device": device,
         "device_label": label,
         "compute_type": settings.ASR_COMPUTE_TYPE,
-        "threads": settings.ASR_THREADS,
+        # Live workers: more processes of fewer threads (LIVE_THREADS), so that a
+        # final finds a process free while others run partials.
+        "threads": settings.LIVE_THREADS if serves_live() else settings.ASR_THREADS,
         "beam_size": settings.ASR_BEAM_SIZE,
         "vad_filter": settings.ASR_WHISPER_VAD,
         "rtf": settings.ASR_SYNTHETIC_RTF,

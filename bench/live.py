@@ -647,7 +647,7 @@ def wait_ready(proc: pl.Process, timeout: float = 120) -> None:
 
 
 def start_live_worker(
-    s: pl.Stack, opts: argparse.Namespace, *, concurrency: int = 1, **env: str
+    s: pl.Stack, opts: argparse.Namespace, *, concurrency: int = 0, **env: str
 ) -> None:
     """The Procfile's live worker (both live queues), or with --split-live one
     worker for finals and one for partials, so that no final waits for a partial."""
@@ -656,8 +656,8 @@ def start_live_worker(
         s.start_worker(
             queues=q,
             pool="prefork",
-            concurrency=concurrency,
-            ASR_THREADS=str(opts.threads),
+            concurrency=concurrency or opts.live_concurrency,
+            LIVE_THREADS=str(opts.live_threads),
             **env,
         )
         for q in queues
@@ -1157,7 +1157,8 @@ def print_table(
             if opts.split_live
             else " live,live_partial"
         )
-        + f" -P prefork -c 1, ASR_THREADS={opts.threads} (synthetic"
+        + f" -P prefork -c {opts.live_concurrency}, LIVE_THREADS={opts.live_threads}"
+        " (synthetic"
         f" phase: -c {opts.synthetic_concurrency}, ASR_ENGINE=synthetic); asr worker"
         f" -c 1, ASR_THREADS={opts.threads}"
     )
@@ -1199,6 +1200,15 @@ def main() -> int:
     )
     parser.add_argument("--frame-ms", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="ASR_THREADS")
+    parser.add_argument(
+        "--live-concurrency",
+        type=int,
+        default=2,
+        help="live worker processes (the Procfile's LIVE_WORKER_CONCURRENCY)",
+    )
+    parser.add_argument(
+        "--live-threads", type=int, default=1, help="LIVE_THREADS of the live worker"
+    )
     parser.add_argument(
         "--split-live",
         action="store_true",

@@ -255,6 +255,12 @@ LIVE_MAX_UTTERANCE_SECONDS = env.float("LIVE_MAX_UTTERANCE_SECONDS", default=25)
 LIVE_VAD_MODE = env.int("LIVE_VAD_MODE", default=3)
 # A partial is asked for after this much new speech, one at a time per stream.
 LIVE_PARTIAL_INTERVAL = env.float("LIVE_PARTIAL_INTERVAL", default=0.6)
+# Threads per live worker process (the Procfile runs LIVE_WORKER_CONCURRENCY of
+# them): whisper costs about the same per call whatever the audio's length, and
+# several single-threaded processes keep one free for a final more often than one
+# process of several threads (bench/live.py: 4 streams on 2 cores, final p50 1.33 s
+# with 1 x 2 threads, 0.99 s with 2 x 1).
+LIVE_THREADS = env.int("LIVE_THREADS", default=1)
 # No stream asks for a partial while this many wait in the live_partial queue: the
 # live workers are behind, and partials are what can be dropped.
 LIVE_PARTIAL_BACKLOG = env.int("LIVE_PARTIAL_BACKLOG", default=2)

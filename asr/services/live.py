@@ -118,10 +118,12 @@ def _engine_options(state: dict[str, str], *, partial: bool) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if state.get("hotwords"):
         options["hotwords"] = state["hotwords"]
+    # No second VAD pass over audio the web's VAD already cut to speech (whisper's
+    # filter also turns on word timestamps, an alignment pass per call).
+    options["vad_filter"] = False
     if partial:
-        # A partial is replaced within a second: greedy decoding, and no second VAD
-        # pass over audio the web's VAD already found speech in.
-        options.update(beam_size=1, vad_filter=False)
+        # A partial is replaced within a second: greedy decoding.
+        options["beam_size"] = 1
     return options
 
 
