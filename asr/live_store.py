@@ -89,13 +89,21 @@ async def session_set(session_id: str, **fields: str | int) -> None:
 
 
 async def audio_append(session_id: str, pcm: bytes) -> None:
-    """Append 16 kHz PCM16 audio; the TTL starts again with every write."""
-    ttl = settings.LIVE_STATE_TTL
+    """Append 16 kHz PCM16 audio (its TTL is renewed by ``session_renew``)."""
     pipe = aclient().pipeline(transaction=True)
     pipe.append(_key(session_id, ":pcm"), pcm)
     pipe.hincrby(_key(session_id), "samples", len(pcm) // BYTES_PER_SAMPLE)
+    await pipe.execute()
+
+
+async def session_renew(session_id: str) -> None:
+    """While it streams (every few seconds): its keys' TTL starts again, and it
+    counts as a live stream (live:active)."""
+    ttl = settings.LIVE_STATE_TTL
+    pipe = aclient().pipeline(transaction=False)
     pipe.expire(_key(session_id, ":pcm"), ttl)
     pipe.expire(_key(session_id), ttl)
+    pipe.zadd(_active_key(), {session_id: time.time()})
     await pipe.execute()
 
 

@@ -5,7 +5,7 @@
 control messages and writes its own replies (the ``parse_*`` and ``send_*`` hooks).
 
 Per audio frame the consumer only converts, resamples to 16 kHz, runs the VAD
-(asr.realtime.endpointing) and buffers; about every quarter second, and before any
+(asr.realtime.endpointing) and buffers; about every second, and before any
 task is sent, the buffer is appended to the session's audio in Redis
 (asr.live_store), where a live worker on any machine reads it. At decision points it
 enqueues: while someone speaks, one partial at a time (``asr.live_partial``); when a
@@ -72,8 +72,10 @@ REPLACED = 4409  # a newer connection resumed this session
 
 # The longest frame taken: two seconds at the highest rate.
 MAX_FRAME_BYTES = 2 * 48_000 * 2
-# Audio is appended to Redis once this much has gathered (or a task needs it).
-FLUSH_SAMPLES = RATE // 4
+# Audio is appended to Redis once this much has gathered, or before any task that
+# reads it is sent: workers read audio only at those points, and each append is a
+# round trip (500 streams at 100 ms frames: 500 appends a second, not 5,000).
+FLUSH_SAMPLES = RATE
 # A final asked for but not pushed within this long is read from the database.
 FINAL_GRACE_SECONDS = 2.0
 # A partial not answered within this long is given up (its worker died).
@@ -84,6 +86,10 @@ PARTIAL_EXPIRES_SECONDS = 10.0
 # How often the timer runs.
 TICK_SECONDS = 0.5
 BUSY_RETRY_SECONDS = 10
+
+
+# Sends on their way (a reference keeps each from being collected mid-flight).
+_sending: set[asyncio.Future[Any]] = set()
 
 
 class LiveRefusal(Exception):
@@ -628,9 +634,19 @@ class LiveConsumer(AsyncWebsocketConsumer):
         )
 
     async def _enqueue(self, name: str, args: list[Any], **options: Any) -> None:
-        await sync_to_async(live.live_enqueue, thread_sensitive=False)(
-            name, args, what=f"live session {self.session_id}", **options
+        """Send a task without waiting for it: Celery's publish is a blocking Redis
+        round trip on a thread, and a stream whose frames waited for it fell behind
+        its audio when hundreds did it at once (bench/live.py, 500 streams). The
+        audio the task reads is in Redis already (flushed before every send);
+        a send that fails is logged, and the finals it would have made are made
+        by the finish."""
+        send = asyncio.ensure_future(
+            sync_to_async(live.live_enqueue, thread_sensitive=False)(
+                name, args, what=f"live session {self.session_id}", **options
+            )
         )
+        _sending.add(send)
+        send.add_done_callback(_sending.discard)
 
     async def _end_stream(self) -> None:
         """No more audio: what the resampler holds, the open utterance, all flushed."""
@@ -794,7 +810,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         if now - self.last_touch > 5 and not self.stopping:
             self.last_touch = now
-            await live_store.active_touch(self.session_id)
+            await live_store.session_renew(self.session_id)
         await self.on_tick(now)
 
     # Protocol hooks: what the native protocol says (FunASR's and OpenAI's override) --
