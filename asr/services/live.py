@@ -27,6 +27,7 @@ from django.db import IntegrityError
 from django.db import transaction
 from django.utils import timezone
 
+from asr import chunking
 from asr import live_store
 from asr import storage
 from asr.events import transcription_event_record
@@ -167,30 +168,12 @@ def _utterance_text(
         state.get("language") or None,
         **_engine_options(state, partial=False),
     )
-    offset = start / RATE
-    segments = [
-        {
-            **segment,
-            "start": round(segment["start"] + offset, 3),
-            "end": round(segment["end"] + offset, 3),
-            **(
-                {
-                    "words": [
-                        {
-                            **word,
-                            "start": round(word["start"] + offset, 3),
-                            "end": round(word["end"] + offset, 3),
-                        }
-                        for word in segment["words"]
-                    ]
-                }
-                if segment.get("words")
-                else {}
-            ),
-        }
-        for segment in result.segments_as_dicts()
-        if segment.get("text")
-    ]
+    # In session seconds, kept inside the utterance, as a chunk's are in its file.
+    segments = chunking.absolute_segments(
+        [seg for seg in result.segments_as_dicts() if seg.get("text")],
+        offset=start / RATE,
+        duration=(end - start) / RATE,
+    )
     return {
         "text": result.text,
         "language": result.language or "",
