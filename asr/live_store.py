@@ -140,7 +140,6 @@ async def detach_if_owner(session_id: str, conn: str) -> bool:
     )
 
 
-_PRIORITY_KEYS = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 _partial_backlog: tuple[float, int] = (0.0, 0)
 
 
@@ -154,8 +153,8 @@ async def partial_backlog(*, max_age: float = 0.5) -> int:
     _partial_backlog = (now, _partial_backlog[1])
     prefix = redis_state.key_prefix()
     pipe = aclient().pipeline(transaction=False)
-    for suffix in _PRIORITY_KEYS:
-        pipe.llen(f"{prefix}live_partial{suffix}")
+    for key in redis_state.queue_keys("live_partial"):
+        pipe.llen(f"{prefix}{key}")
     depth = sum(int(n) for n in await pipe.execute())
     _partial_backlog = (now, depth)
     return depth

@@ -42,14 +42,18 @@ def key_prefix() -> str:
     return str(options.get("global_keyprefix", ""))
 
 
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s waiting messages, without the prefix."""
+    return [queue] + [f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS]
+
+
 def queue_depths(queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
     """Messages waiting in each queue (LLEN; delivered, unacked ones not counted)."""
     prefix = key_prefix()
     pipe = client().pipeline(transaction=False)
     for queue in queues:
-        pipe.llen(f"{prefix}{queue}")
-        for step in _PRIORITY_STEPS:
-            pipe.llen(f"{prefix}{queue}{_PRIORITY_SEP}{step}")
+        for key in queue_keys(queue):
+            pipe.llen(f"{prefix}{key}")
     lengths = pipe.execute()
     per = 1 + len(_PRIORITY_STEPS)
     return {q: int(sum(lengths[i * per : (i + 1) * per])) for i, q in enumerate(queues)}
