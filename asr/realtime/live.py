@@ -404,12 +404,16 @@ class LiveConsumer(AsyncWebsocketConsumer):
             "Send the start message (JSON) before any audio.",
         )
 
-    async def on_start(self, options: StartOptions) -> None:
+    async def check_language(self, code: str | None) -> None:
+        """Refuse a language no live worker serves (asr.services.intake's rule)."""
         unserved = await sync_to_async(
             intake.language_unserved, thread_sensitive=False
-        )(options.language, queue="live")
+        )(code, queue="live")
         if unserved is not None:
             raise LiveRefusal(BAD_REQUEST, "unsupported_language", unserved)
+
+    async def on_start(self, options: StartOptions) -> None:
+        await self.check_language(options.language)
         self.options = options
         self.stopping = False
         self.finish_asked = False

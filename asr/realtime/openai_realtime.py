@@ -24,7 +24,6 @@ import binascii
 import uuid
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from asr import live_store
@@ -36,7 +35,6 @@ from asr.realtime.live import LiveRefusal
 from asr.realtime.live import StartOptions
 from asr.realtime.live import start_options
 from asr.realtime.stable_text import StablePrefix
-from asr.services import intake
 
 RATE = 24_000
 # OpenAI's VAD threshold (0-1, higher: louder speech needed) onto WebRTC's modes.
@@ -175,17 +173,11 @@ class OpenAIRealtimeConsumer(LiveConsumer):
             if language is not None:
                 try:
                     options = start_options(sample_rate=RATE, language=language)
+                    await self.check_language(options.language)
                 except LiveRefusal as refusal:
                     raise _ClientError(
                         refusal.code, refusal.message, param="language"
                     ) from None
-                unserved = await sync_to_async(
-                    intake.language_unserved, thread_sensitive=False
-                )(options.language, queue="live")
-                if unserved is not None:
-                    raise _ClientError(
-                        "unsupported_language", unserved, param="language"
-                    )
                 self.options.language = options.language
                 await live_store.session_set(
                     self.session_id, language=options.language or ""
