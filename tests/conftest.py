@@ -120,6 +120,17 @@ def worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[processes.P
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def live_worker(
+    django_db_setup: Any, django_db_blocker: Any
+) -> Iterator[processes.Process]:
+    """A real live worker (the Procfile's worker_live: both live queues, whisper),
+    for one module, once its engine has told the doors what it serves."""
+    proc = processes.start_worker(queues="live,live_partial", engine_reported=True)
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture(scope="session")
 def web(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """A real uvicorn serving kikipounamu.asgi on a free port; yields its base URL."""

@@ -94,13 +94,6 @@ def microphone_browser(speech_wav: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def live_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
-    proc = processes.start_worker(queues="live,live_partial")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def busy_web(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """A web process that takes no live stream at all: every one is 'busy'."""
     proc, base = processes.start_web(LIVE_MAX_STREAMS="0")

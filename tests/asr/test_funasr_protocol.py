@@ -108,13 +108,6 @@ async def funasr_stream(
 
 
 @pytest.fixture(scope="module")
-def live_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
-    proc = processes.start_worker(queues="live,live_partial")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def untrusting_web(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
     """A web process for which 127.0.0.1 is not a trusted network. In the session's
     queue namespace: the module's live worker serves its sessions too."""

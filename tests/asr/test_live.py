@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from rest_framework.authtoken.models import Token
 
-from tests import processes
 from tests.factories import UserFactory
 from tests.live_client import stream
 from tests.live_client import ws_url
@@ -30,13 +29,6 @@ SENTENCES = [
     "She sells sea shells by the sea shore.",
     "Open the window and let some fresh air into the room.",
 ]
-
-
-@pytest.fixture(scope="module")
-def live_worker(django_db_setup: Any, django_db_blocker: Any) -> Any:
-    proc = processes.start_worker(queues="live,live_partial", engine_reported=True)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import soxr
 from rest_framework.authtoken.models import Token
 
 from asr.models import Transcription
-from tests import processes
 from tests.factories import UserFactory
 from tests.speech import espeak_available
 from tests.speech import speech_stream
@@ -33,13 +32,6 @@ SENTENCES = [
     "Open the window and let some fresh air into the room.",
     "We will meet again next week to finish the project.",
 ]
-
-
-@pytest.fixture(scope="module")
-def live_worker(django_db_setup: Any, django_db_blocker: Any) -> Any:
-    proc = processes.start_worker(queues="live,live_partial")
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture
