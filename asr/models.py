@@ -90,6 +90,9 @@ class Transcription(models.Model):
     # cost; the others get theirs back (asr.services.claim). True unless known
     # otherwise: a job run alone is always its process's work.
     in_progress = models.BooleanField(default=True)
+    # Taken back from a batch whose process died (asr.services.claim): from then on
+    # it neither leads nor joins a batch, so it cannot share another crash.
+    alone = models.BooleanField(default=False)
     worker_hostname = models.CharField(max_length=255, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -6,15 +6,21 @@ import gc
 import logging
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
+from billiard.exceptions import WorkerLostError
 from celery import shared_task
 from celery.signals import task_postrun
 from celery.signals import worker_process_init
+from celery.worker.request import Request
+from celery.worker.state import task_ready
 from django.conf import settings
 
 from asr import services
 from asr.broker import held_task_ids
+from asr.broker import unacked_reclaim
 from asr.realtime import live_push
 from asr.realtime import sender as realtime_sender
+from asr.services import claim
 from asr.services import fanout
 from asr.services import live
 from asr.services.attempts import PERMANENT_ERRORS
@@ -48,7 +54,42 @@ _ENGINE_TASK: dict[str, Any] = {
 }
 
 
-@shared_task(name="asr.transcribe", **_ENGINE_TASK)
+class TranscribeRequest(Request):
+    """A job's message in the worker's main process (Celery's custom requests:
+    https://docs.celeryq.dev/en/stable/userguide/tasks.html#requests-and-custom-requests).
+
+    When the pool process running it dies, its jobs go back to the head of the
+    queue at once (``claim.transcription_worker_lost``) and the message is
+    acknowledged, instead of Celery's requeue behind the whole queue.
+    """
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = getattr(exc_info, "exception", None)
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, WorkerLostError) and not self.acknowledged:
+            try:
+                handled = claim.transcription_worker_lost(task_id=self.id)
+            except Exception:
+                # The database is away: Celery's requeue keeps the message.
+                logger.exception("task %s: worker lost; left to Celery", self.id)
+                handled = False
+            if handled:
+                logger.warning(
+                    "task %s: its pool process died (%s); its jobs are back at "
+                    "the head of the queue",
+                    self.id,
+                    exc,
+                )
+                task_ready(self)
+                self.acknowledge()
+                return
+        super().on_failure(exc_info, send_failed_event, return_ok)
+
+
+@shared_task(name="asr.transcribe", Request=TranscribeRequest, **_ENGINE_TASK)
 def transcribe(self: Any, transcription_id: str) -> None:
     """Transcribe one job. Idempotent: a redelivered message for a finished job is a
     no-op, so acks_late is safe and a dead worker's job runs again elsewhere."""
@@ -196,6 +237,13 @@ def reconcile() -> dict[str, int]:
     if any(counts.values()):
         logger.warning("reconcile: %s", counts)
     return counts
+
+
+@shared_task(name="asr.reclaim", ignore_result=True)
+def reclaim() -> int:
+    """Periodic (beat, every ASR_RECLAIM_INTERVAL): the messages of workers whose
+    heartbeat stopped go back to their queues (``asr.broker.unacked_reclaim``)."""
+    return len(unacked_reclaim(gone_after=settings.OPS_WORKER_GONE_SECONDS))
 
 
 @shared_task(name="asr.retention", ignore_result=True)

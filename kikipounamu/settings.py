@@ -472,10 +472,14 @@ CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_TASK_SEND_SENT_EVENT", default=Fa
 # meant a new backend (~1 ms of CPU) per request.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend-thread-safe
 CELERY_RESULT_BACKEND_THREAD_SAFE = True
-# On a lost broker connection, unacked messages are redelivered to other workers;
-# cancelling our copies avoids the same job running twice.
+# Running jobs carry on through a lost broker connection (a Redis restart). Celery's
+# cancelling them would write the cancellation to the result backend, the same Redis
+# that is down, fail, take the task as revoked and acknowledge its message: lost,
+# until the reconciler found it (tests/asr/test_recovery.py). A job finished after
+# the restart is stored once (its claim in the database); if its message comes back
+# anyway, its claim finds it done.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT): stop taking tasks,
 # give running ones this long to finish, then return their acks_late messages to the
 # queue. A plain SIGTERM is the warm shutdown, which waits for them however long.
@@ -708,9 +712,21 @@ ASR_BUSY_RETRY_AFTER = env.int("ASR_BUSY_RETRY_AFTER", default=30)
 ASR_BUSY_RETRY_AFTER_MAX = env.int("ASR_BUSY_RETRY_AFTER_MAX", default=600)
 # Throughput, ETAs and the dashboard look at jobs finished this recently.
 OPS_THROUGHPUT_WINDOW_SECONDS = env.float("OPS_THROUGHPUT_WINDOW_SECONDS", default=900)
-# Workers write a heartbeat key this often (TTL 3x): live workers without a slow
-# broadcast ping.
+# Workers write a heartbeat key this often, from a thread of their main process:
+# live workers without a slow broadcast ping, and what each holds (asr.broker).
 OPS_WORKER_HEARTBEAT_SECONDS = env.float("OPS_WORKER_HEARTBEAT_SECONDS", default=10)
+# A worker with no heartbeat for this long is gone (its key expires): the messages it
+# held go back to the head of their queues (asr.reclaim, every ASR_RECLAIM_INTERVAL),
+# however long the broker's visibility timeout.
+OPS_WORKER_GONE_SECONDS = env.float(
+    "OPS_WORKER_GONE_SECONDS", default=3 * OPS_WORKER_HEARTBEAT_SECONDS
+)
+if OPS_WORKER_GONE_SECONDS <= OPS_WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "OPS_WORKER_GONE_SECONDS must be longer than OPS_WORKER_HEARTBEAT_SECONDS, "
+        "or live workers would look gone between beats"
+    )
+ASR_RECLAIM_INTERVAL = env.float("ASR_RECLAIM_INTERVAL", default=10)
 # The ops dashboard's WebSocket pushes a stats snapshot this often.
 OPS_DASHBOARD_INTERVAL = env.float("OPS_DASHBOARD_INTERVAL", default=3)
 # /metrics (Prometheus text format). Set to require "Authorization: Bearer <token>".
@@ -733,6 +749,7 @@ ASR_RETENTION_INTERVAL = env.float("ASR_RETENTION_INTERVAL", default=3600)
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
 CELERY_BEAT_SCHEDULE = {
     "asr-reconcile": {"task": "asr.reconcile", "schedule": ASR_RECONCILE_INTERVAL},
+    "asr-reclaim": {"task": "asr.reclaim", "schedule": ASR_RECLAIM_INTERVAL},
     "bots-reconcile": {
         "task": "bots.reconcile",
         "schedule": TELEGRAM_RECONCILE_INTERVAL,

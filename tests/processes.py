@@ -190,3 +190,25 @@ def start_web(**env: str) -> tuple[Process, str]:
             raise RuntimeError(f"web exited:\n{proc.log()[-4000:]}")
         time.sleep(0.1)
     raise TimeoutError(f"web did not answer:\n{proc.log()[-4000:]}")
+
+
+def start_beat(tmp_path: Path, **env: str) -> Process:
+    """Celery beat, which sends the reconcilers on schedule (as in the Procfile)."""
+    proc = Process(
+        "beat",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "kikipounamu",
+            "beat",
+            "--schedule",
+            str(tmp_path / "celerybeat-schedule"),
+            "-l",
+            "info",
+        ],
+        subprocess_env(**env),
+    )
+    proc.wait_for_log("beat: Starting...")
+    return proc

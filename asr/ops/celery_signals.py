@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from celery import signals
+from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -52,6 +53,30 @@ def _unbind_task(task_id: str, **_: Any) -> None:
             logs.unbind(tokens)
 
 
+def _held() -> list[str] | None:
+    """The delivery tags of every message this worker holds unacknowledged:
+    reserved, running, or waiting for its ETA (Celery's own books, which its
+    ``inspect reserved/active/scheduled`` read); None if they changed under every
+    try (the consumer's thread adds to them while this one reads)."""
+    for _ in range(5):
+        try:
+            requests = [
+                *worker_state.reserved_requests,
+                *worker_state.active_requests,
+                *worker_state.scheduled_requests,  # type: ignore[attr-defined]
+            ]
+        except RuntimeError:
+            continue
+        return sorted(
+            {
+                str(tag)
+                for request in requests
+                if (tag := getattr(request.message, "delivery_tag", None)) is not None
+            }
+        )
+    return None
+
+
 def _beat(hostname: str, queues: list[str], concurrency: int) -> None:
     interval = settings.OPS_WORKER_HEARTBEAT_SECONDS
     while not _heartbeat_stop.is_set():
@@ -60,7 +85,9 @@ def _beat(hostname: str, queues: list[str], concurrency: int) -> None:
                 hostname=hostname,
                 queues=queues,
                 concurrency=concurrency,
-                ttl=3 * interval,
+                ttl=settings.OPS_WORKER_GONE_SECONDS,
+                # What asr.broker.unacked_reclaim must leave alone.
+                held=_held(),
             )
         except Exception:
             logger.warning("worker heartbeat not written", exc_info=True)

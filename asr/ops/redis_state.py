@@ -60,12 +60,18 @@ def queue_depths(queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
 
 
 def worker_heartbeat(
-    *, hostname: str, queues: list[str], concurrency: int, ttl: float
+    *,
+    hostname: str,
+    queues: list[str],
+    concurrency: int,
+    ttl: float,
+    held: list[str] | None = None,
 ) -> None:
     payload = {
         "hostname": hostname,
         "queues": queues,
         "concurrency": concurrency,
+        "held": held,
         "pid": os.getpid(),
         "ts": time.time(),
     }

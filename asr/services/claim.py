@@ -180,10 +180,15 @@ def transcription_batch_claim(
     fewer are waiting, look again for up to ``wait`` seconds. Each is claimed like
     a job of its own (queued -> running, attempts + 1, a STARTED event), marked as
     held by ``task_id``; its own message, when it comes, does nothing. A job that
-    has been charged an attempt before (a worker died on it) neither leads nor
-    joins a batch: it runs alone, so that if it kills a worker again it is alone.
+    has been charged an attempt before (a worker died on it), or taken back from
+    a dead batch (``alone``), neither leads nor joins a batch: it runs alone, so
+    that if it kills a worker again it is alone.
     """
-    if not dispatch.batchable(leader.duration_hint) or leader.attempts > 1:
+    if (
+        not dispatch.batchable(leader.duration_hint)
+        or leader.attempts > 1
+        or leader.alone
+    ):
         return []
     budget = settings.ASR_BATCH_AUDIO_SECONDS - (leader.duration_hint or 0.0)
     members: list[Transcription] = []
@@ -247,8 +252,9 @@ def _batch_claim_once(
                 status=Status.QUEUED,
                 duration_hint__gt=0,
                 duration_hint__lte=longest,
-                # Never charged: a job a worker died on runs alone.
+                # Never charged, never in a dead batch: such a job runs alone.
                 attempts=0,
+                alone=False,
             )
             .exclude(pk=leader.pk)
             .order_by("created_at")
@@ -297,9 +303,9 @@ def transcription_batch_in_progress(*, task_id: str, jobs: list[Transcription]) 
 def transcription_batch_release(
     *, task_id: str, keep: Any = None, leader: bool = False
 ) -> int:
-    """Put back in the queue the running jobs held by batch message ``task_id``
-    (with ``leader``, the message's own job too; never ``keep``), each under a new
-    message of its own; how many.
+    """Put back in the queue, at its head, the running jobs held by batch message
+    ``task_id`` (with ``leader``, the message's own job too; never ``keep``), each
+    under a new message of its own, to run alone; how many.
 
     Those the batch's process was not working on when it stopped get back the
     attempt their claim cost; those it was (``in_progress``) keep it and run alone
@@ -328,6 +334,8 @@ def transcription_batch_release(
                 started_at=None,
                 deadline_at=None,
                 attempts=job.attempts if counted else job.attempts - 1,
+                in_progress=True,
+                alone=True,
             ):
                 continue
             job.status, job.task_id, job.batch_task_id = Status.QUEUED, new_task_id, ""
@@ -340,8 +348,12 @@ def transcription_batch_release(
                     "attempt_counted": counted,
                 },
             )
+            # To the head of the queue: it was taken once already, and would
+            # otherwise wait behind every job queued since.
             transaction.on_commit(
-                functools.partial(dispatch.transcription_enqueue, transcription=job)
+                functools.partial(
+                    dispatch.transcription_enqueue, transcription=job, again=True
+                )
             )
             released += 1
             given_back += not counted
@@ -354,3 +366,22 @@ def transcription_batch_release(
             given_back,
         )
     return released
+
+
+def transcription_worker_lost(*, task_id: str) -> bool:
+    """The pool process running message ``task_id`` died (SIGKILL, the OOM killer,
+    a crash in native code): its jobs go back to the head of the queue now, each
+    under a new message, to run alone; False if this is not for here (a fanned-out
+    job, whose chunks have their own messages: Celery's requeue brings its leader
+    back to ``fanout.transcription_fan_out_resume``).
+
+    In place of Celery's requeue (reject_on_worker_lost), which pushes the message
+    behind every job queued since, the jobs showing ``running`` until it comes
+    round. The job the process was working on keeps the attempt, so a file that
+    kills its worker every time still stops at ASR_MAX_ATTEMPTS.
+    """
+    held = Transcription.objects.filter(_held_by(task_id), status=Status.RUNNING)
+    if held.filter(chunks__isnull=False).exists():
+        return False
+    transcription_batch_release(task_id=task_id, leader=True)
+    return True

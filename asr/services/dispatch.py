@@ -12,6 +12,14 @@ from kikipounamu import dispatch
 TRANSCRIBE = "asr.transcribe"
 TRANSCRIBE_CHUNK = "asr.transcribe_chunk"
 
+# Message priorities, to put a job sent again ahead of the queue. kombu's Redis
+# transport keeps a list per priority step (0, 3, 6, 9; 0 first) and a worker pops
+# the first non-empty one: new jobs go to step 3, and a job given back (its worker
+# died, its message was lost) to step 0, so it runs next rather than behind every
+# job queued since. https://docs.celeryq.dev/en/stable/userguide/routing.html#redis-message-priorities
+PRIORITY_NEW = 3
+PRIORITY_AGAIN = 0
+
 
 def transcription_time_limits(*, duration_hint: float | None) -> tuple[float, float]:
     """(soft, hard) time limits in seconds for one transcribe task.
@@ -49,7 +57,13 @@ def message_time_limits(duration_hint: float | None) -> tuple[float, float]:
 
 
 def _send(
-    name: str, unit_id: str, *, task_id: str, limits: tuple[float, float], what: str
+    name: str,
+    unit_id: str,
+    *,
+    task_id: str,
+    limits: tuple[float, float],
+    what: str,
+    priority: int,
 ) -> None:
     soft, hard = limits
     dispatch.send(
@@ -58,29 +72,34 @@ def _send(
         task_id=task_id,
         soft_time_limit=round(soft),
         time_limit=round(hard),
+        priority=priority,
         what=what,
     )
 
 
-def transcription_enqueue(*, transcription: Transcription) -> None:
-    """Send the job's message; a broker outage leaves the job to the reconciler."""
+def transcription_enqueue(*, transcription: Transcription, again: bool = False) -> None:
+    """Send the job's message (``again``: a job given back, to the head of the
+    queue); a broker outage leaves the job to the reconciler."""
     _send(
         TRANSCRIBE,
         str(transcription.id),
         task_id=transcription.task_id,
         limits=message_time_limits(transcription.duration_hint),
         what=f"job {transcription.id}",
+        priority=PRIORITY_AGAIN if again else PRIORITY_NEW,
     )
 
 
-def chunk_enqueue(*, chunk: TranscriptionChunk) -> None:
-    """Send a chunk's message; a broker outage leaves it to the reconciler."""
+def chunk_enqueue(*, chunk: TranscriptionChunk, again: bool = False) -> None:
+    """Send a chunk's message (``again`` as for a job); a broker outage leaves it
+    to the reconciler."""
     _send(
         TRANSCRIBE_CHUNK,
         str(chunk.id),
         task_id=chunk.task_id,
         limits=transcription_time_limits(duration_hint=chunk.duration),
         what=f"job {chunk.transcription_id}: chunk {chunk.index}",
+        priority=PRIORITY_AGAIN if again else PRIORITY_NEW,
     )
 
 

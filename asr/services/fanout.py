@@ -225,7 +225,7 @@ def chunks_resend_lost(
             data={"reason": reason, "chunks": [chunk.index for chunk in lost]},
         )
         for chunk in lost:
-            dispatch.chunk_enqueue(chunk=chunk)
+            dispatch.chunk_enqueue(chunk=chunk, again=True)
     return [chunk.index for chunk in lost]
 
 

@@ -74,7 +74,7 @@ def transcription_reconcile(
         transcription_event_record(
             transcription_id=job.pk, kind=Kind.REQUEUED, data={"reason": "message lost"}
         )
-        dispatch.transcription_enqueue(transcription=job)
+        dispatch.transcription_enqueue(transcription=job, again=True)
         counts["requeued"] += 1
     return counts
 

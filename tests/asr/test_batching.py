@@ -57,7 +57,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     monkeypatch.setattr(
         dispatch,
         "transcription_enqueue",
-        lambda *, transcription: out.append(
+        lambda *, transcription, again=False: out.append(
             (str(transcription.id), transcription.task_id)
         ),
     )
@@ -413,7 +413,8 @@ def test_jobs_batched_with_a_poison_file_succeed_and_it_fails_alone(
     for row in good_rows:
         requeued = row.events.get(kind="requeued")
         assert requeued.data["attempt_counted"] is False
-    assert engine.batch_calls == [3]
+    # each alone: taken back from a dead batch, none joins another
+    assert engine.batch_calls == []
 
 
 def test_jobs_in_the_engine_call_a_process_died_in_share_the_attempt(
@@ -510,13 +511,43 @@ def test_a_redelivered_batch_message_runs_its_own_job_alone_and_requeues_the_res
         assert kinds(row) == ["started", "requeued"]
     assert sorted(sent) == sorted((str(r.pk), r.task_id) for r in (m1_row, m2_row))
 
-    # and an old message of theirs, still in the queue, runs one as usual (in a
-    # batch of two: neither was charged)
+    assert all(row.alone for row in (m1_row, m2_row))
+
+    # and an old message of theirs, still in the queue, runs one as usual, alone:
+    # taken back from a dead batch, neither joins another
     run_message(m1_row, engine, task_id=old_task_ids[m1.pk])
-    assert [j.status for j in fresh(m1, m2)] == [Status.SUCCEEDED] * 2
+    assert [j.status for j in fresh(m1, m2)] == [Status.SUCCEEDED, Status.QUEUED]
+    assert (engine.batch_calls, engine.single_calls) == ([], 2)
     # while the new one, coming second, finds nothing to do
     run_message(m1_row, engine, task_id=m1_row.task_id)
     assert fresh(m1)[0].attempts == 1
+
+
+def test_a_dead_pool_process_s_batch_is_back_in_the_queue_at_once(
+    sent: list[tuple[str, str]], django_capture_on_commit_callbacks: Any
+) -> None:
+    # given a batch whose pool process died in the engine call
+    leader, m1 = short_job(1, age=2), short_job(1, age=1)
+    claimed = services.transcription_claim(
+        transcription_id=str(leader.id), task_id=leader.task_id, hostname="w1"
+    )
+    assert claimed is not None
+    services.transcription_batch_claim(
+        leader=claimed, task_id=leader.task_id, hostname="w1"
+    )
+    claim.transcription_batch_in_progress(task_id=leader.task_id, jobs=[leader, m1])
+
+    # when the worker's main process hears of it (asr.tasks.TranscribeRequest)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert claim.transcription_worker_lost(task_id=leader.task_id)
+
+    # then both are queued under new messages, charged (both were in the call),
+    # and will run alone
+    rows = fresh(leader, m1)
+    assert [(r.status, r.attempts, r.alone) for r in rows] == [
+        (Status.QUEUED, 1, True)
+    ] * 2
+    assert sorted(sent) == sorted((str(r.pk), r.task_id) for r in rows)
 
 
 def test_a_batch_that_died_decoding_a_member_gives_back_every_job_but_that_one(

@@ -55,7 +55,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Chunk messages, recorded (by chunk index) instead of sent to the broker."""
     indexes: list[int] = []
     monkeypatch.setattr(
-        dispatch, "chunk_enqueue", lambda *, chunk: indexes.append(chunk.index)
+        dispatch,
+        "chunk_enqueue",
+        lambda *, chunk, again=False: indexes.append(chunk.index),
     )
     return indexes
 

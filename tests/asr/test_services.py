@@ -175,7 +175,7 @@ def test_reconcile_resends_lost_messages_and_times_out_dead_jobs(
     monkeypatch.setattr(
         dispatch,
         "transcription_enqueue",
-        lambda *, transcription: sent.append(str(transcription.id)),
+        lambda *, transcription, again=False: sent.append(str(transcription.id)),
     )
     old = timezone.now() - timedelta(minutes=10)
     lost = queued_job()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -304,28 +303,6 @@ def test_killing_web_and_worker_mid_job_and_the_worker_mid_reply_loses_nothing(
     assert TelegramUpdate.objects.count() == 2
 
 
-def start_beat(tmp_path: Path, **env: str) -> processes.Process:
-    """Celery beat, which sends the reconcilers on schedule (as in the Procfile)."""
-    proc = processes.Process(
-        "beat",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "kikipounamu",
-            "beat",
-            "--schedule",
-            str(tmp_path / "celerybeat-schedule"),
-            "-l",
-            "info",
-        ],
-        processes.subprocess_env(**env),
-    )
-    proc.wait_for_log("beat: Starting...")
-    return proc
-
-
 class Supervised:
     """A worker kept running as a process manager would: restarted if it exits."""
 
@@ -365,7 +342,7 @@ def test_a_redis_killed_and_restarted_mid_job_loses_no_reply(
     )
     web, base = processes.start_web(**env)
     worker = Supervised(**env)
-    beat = start_beat(tmp_path, **env)
+    beat = processes.start_beat(tmp_path, **env)
     chat = u.private_chat()
     body = voice_update(
         fake_api,
@@ -493,7 +470,7 @@ def test_a_killed_bots_worker_delays_its_chats_replies_by_at_most_15_s(
     )
     web, base = processes.start_web(**env)
     first = start_bots_worker(**env)
-    beat = start_beat(tmp_path, **env)
+    beat = processes.start_beat(tmp_path, **env)
     started = [first]
     chat, other = u.private_chat(), u.private_chat()
     hook = Webhook(base)
