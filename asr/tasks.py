@@ -70,18 +70,22 @@ class TranscribeRequest(Request):
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
         if isinstance(exc, WorkerLostError) and not self.acknowledged:
+            released: int | None
             try:
-                handled = claim.transcription_worker_lost(task_id=self.id)
+                released = claim.transcription_worker_lost(task_id=self.id)
             except Exception:
                 # The database is away: Celery's requeue keeps the message.
                 logger.exception("task %s: worker lost; left to Celery", self.id)
-                handled = False
-            if handled:
+                released = None
+            if released is not None:
+                # None running (0): the job had finished, or failed at its last
+                # attempt, before the process died; nothing to run again.
                 logger.warning(
-                    "task %s: its pool process died (%s); its jobs are back at "
-                    "the head of the queue",
+                    "task %s: its pool process died (%s); %d jobs back at the "
+                    "head of the queue",
                     self.id,
                     exc,
+                    released,
                 )
                 task_ready(self)
                 self.acknowledge()

@@ -253,6 +253,11 @@ LIVE_ENDPOINT_SILENCE_MS = env.int("LIVE_ENDPOINT_SILENCE_MS", default=400)
 LIVE_MAX_UTTERANCE_SECONDS = env.float("LIVE_MAX_UTTERANCE_SECONDS", default=25)
 # WebRTC VAD aggressiveness 0-3 (3: the fewest noises taken for speech).
 LIVE_VAD_MODE = env.int("LIVE_VAD_MODE", default=3)
+# A pause's first 200 ms ask a live worker for the utterance as it would end there
+# (asr.live_prepare), so its final is mostly made when the end point comes. Off, a
+# final waits for its own whisper call; on, a pause that speech resumes after costs
+# a call for nothing.
+LIVE_PREPARE = env.bool("LIVE_PREPARE", default=True)
 # A partial is asked for after this much new speech, one at a time per stream.
 LIVE_PARTIAL_INTERVAL = env.float("LIVE_PARTIAL_INTERVAL", default=0.6)
 # Threads per live worker process (the Procfile runs LIVE_WORKER_CONCURRENCY of

@@ -555,7 +555,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self._flush()
         ep = self.endpointer
         likely_end = ep.likely_end()
-        if likely_end is not None and self.prepared != (self.open_index, likely_end):
+        if (
+            settings.LIVE_PREPARE
+            and likely_end is not None
+            and self.prepared != (self.open_index, likely_end)
+        ):
             await self._prepare(likely_end)
             return
         if (

@@ -368,10 +368,10 @@ def transcription_batch_release(
     return released
 
 
-def transcription_worker_lost(*, task_id: str) -> bool:
+def transcription_worker_lost(*, task_id: str) -> int | None:
     """The pool process running message ``task_id`` died (SIGKILL, the OOM killer,
     a crash in native code): its jobs go back to the head of the queue now, each
-    under a new message, to run alone; False if this is not for here (a fanned-out
+    under a new message, to run alone; how many, or None if this is not for here (a fanned-out
     job, whose chunks have their own messages: Celery's requeue brings its leader
     back to ``fanout.transcription_fan_out_resume``).
 
@@ -382,6 +382,5 @@ def transcription_worker_lost(*, task_id: str) -> bool:
     """
     held = Transcription.objects.filter(_held_by(task_id), status=Status.RUNNING)
     if held.filter(chunks__isnull=False).exists():
-        return False
-    transcription_batch_release(task_id=task_id, leader=True)
-    return True
+        return None
+    return transcription_batch_release(task_id=task_id, leader=True)

@@ -539,7 +539,7 @@ def test_a_dead_pool_process_s_batch_is_back_in_the_queue_at_once(
 
     # when the worker's main process hears of it (asr.tasks.TranscribeRequest)
     with django_capture_on_commit_callbacks(execute=True):
-        assert claim.transcription_worker_lost(task_id=leader.task_id)
+        assert claim.transcription_worker_lost(task_id=leader.task_id) == 2
 
     # then both are queued under new messages, charged (both were in the call),
     # and will run alone

@@ -33,8 +33,11 @@ pytestmark = [
 # Its own web and queues: no other live worker may take the finals.
 NAMESPACE = {
     "KIKI_TEST_NAMESPACE": "-live-loss",
-    # Finals only: the one task running when the process is killed is a final.
+    # Finals only: the one task running when the process is killed is a final. (A
+    # prepared final only stores text made ahead, in milliseconds: the kill would
+    # miss it.)
     "LIVE_PARTIAL_INTERVAL": "1000",
+    "LIVE_PREPARE": "false",
 }
 # Each final takes as long as its audio, so the kill lands inside one.
 SLOW_ENGINE = {**NAMESPACE, "ASR_ENGINE": "synthetic", "ASR_SYNTHETIC_RTF": "1.0"}

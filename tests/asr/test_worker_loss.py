@@ -38,6 +38,17 @@ FAST_REDELIVERY = {
 }
 
 
+# Celery notices a pool process that died at the latest on its pool upkeep, every
+# 5 s: a hard limit shorter than that can end the task first (a TimeLimitExceeded,
+# acknowledged, not a WorkerLostError), so these limits stay above it.
+KILLED_EVERY_TIME = {
+    **FAST_REDELIVERY,
+    "ASR_TIME_LIMIT_MAX": "8",
+    "ASR_TIME_LIMIT_GRACE": "2",
+    "CELERY_VISIBILITY_TIMEOUT": "12",
+}
+
+
 def tone(path: Path, seconds: float) -> Path:
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
@@ -99,7 +110,7 @@ def test_audio_that_kills_the_worker_every_time_ends_failed_worker_lost(
     own_live_api, tmp_path: Path
 ) -> None:
     # given a worker whose pool process dies on this job every time it runs it
-    worker = processes.start_worker(**FAST_REDELIVERY)
+    worker = processes.start_worker(**KILLED_EVERY_TIME)
     try:
         job_id = own_live_api.submit(tone(tmp_path / "b.wav", 4)).json()["id"]
         for attempt in (1, 2, 3):
