@@ -278,24 +278,52 @@ def telegram_tally(
 
 
 def longest_quiet(
-    calls: list[tuple[float, int]], *, start: float, end: float, exclude: int
+    calls: list[tuple[float, int]],
+    pending: list[tuple[int, float, float]],
+    *,
+    start: float,
+    end: float,
+    exclude: int,
 ) -> float:
-    """The longest stretch of [start, end] with no call from a chat other than
-    ``exclude``, counting only chats that had calls on both sides of it."""
-    others = [(t, c) for t, c in calls if c != exclude]
-    active = {
-        c
-        for c in {c for _, c in others}
-        if min(t for t, d in others if d == c) < end
-        and max(t for t, d in others if d == c) > start
-    }
-    if not active:
-        return 0.0
-    last = max(t for t, c in others if c in active)
-    stop = min(end, last)
-    inside = sorted(t for t, c in others if c in active and start <= t <= stop)
-    edges = [start, *inside, stop]
-    return max((b - a for a, b in itertools.pairwise(edges)), default=0.0)
+    """The longest stretch of [start, end] in which another chat than ``exclude``
+    had a reply waiting to be sent and no chat but ``exclude`` got a Bot API call:
+    how long a call hung for ``exclude`` held the others up (at most; a chat in
+    back-off after a 429 or 500 waits too).
+
+    ``calls``: (time, chat) of every call; ``pending``: (chat, created, sent) of
+    every reply part (sent: infinity if never)."""
+    others = sorted(t for t, c in calls if c != exclude and start <= t <= end)
+    best = 0.0
+    for a, b in itertools.pairwise([start, *others, end]):
+        spans = sorted(
+            (max(a, created), min(b, sent))
+            for chat, created, sent in pending
+            if chat != exclude and created < b and sent > a
+        )
+        run_start = run_end = None
+        for lo, hi in spans:
+            if run_end is None or lo > run_end:
+                run_start, run_end = lo, hi
+            else:
+                run_end = max(run_end, hi)
+            best = max(best, run_end - run_start)
+    return best
+
+
+def duplicates_of(messages: dict[int, list[BotMessage]]) -> list[str]:
+    """Each user message that got more than one bot message, as ``chat/message:
+    texts`` (to read beside the logs)."""
+    found = []
+    for chat, sent in messages.items():
+        by_reply = collections.defaultdict(list)
+        for m in sorted(sent, key=lambda m: m.message_id):
+            by_reply[m.reply_to].append(m.text[:40])
+        found += [
+            f"{chat}/{reply}: {texts}"
+            for reply, texts in by_reply.items()
+            if len(texts) > 1
+        ]
+    return found
 
 
 def verdicts(o: Outcome) -> list[Check]:
@@ -1011,6 +1039,7 @@ def scenario_telegram(
 
     from bots.models import TelegramChat
     from bots.models import TelegramJob
+    from bots.models import TelegramReply
     from tests.bots import updates as u
 
     o = Outcome("telegram")
@@ -1086,13 +1115,34 @@ def scenario_telegram(
     hangs = fake.hangs()
     tg["hangs"] = len(hangs)
     tg["hang_seconds"] = plan["hang_seconds"]
+    # The fake's clock is this process's monotonic one; the rows' the wall clock.
+    shift = time.monotonic() - time.time()
+    pending = [
+        (
+            chat,
+            created.timestamp() + shift,
+            sent.timestamp() + shift if sent else float("inf"),
+        )
+        for chat, created, sent in TelegramReply.objects.filter(
+            chat_id__in=chats
+        ).values_list("chat_id", "created_at", "sent_at")
+    ]
     tg["hang_stall"] = max(
         (
-            longest_quiet(calls, start=t, end=t + plan["hang_seconds"], exclude=c)
+            longest_quiet(
+                calls, pending, start=t, end=t + plan["hang_seconds"], exclude=c
+            )
             for t, c in hangs
         ),
         default=0.0,
     )
+    for duplicate in duplicates_of(messages):
+        chat = int(duplicate.split("/")[0])
+        timeline = [
+            f"{c.at - killed_at:+.1f}s {c.method} {c.status}"
+            for c in fake.calls_for(chat, "sendMessage", "editMessageText")
+        ]
+        o.notes.append(f"duplicate: {duplicate}; calls (from the kill): {timeline}")
     tg["webhook"] = dict(statuses)
     tg["faults"] = fake.fault_counts()
     o.telegram = tg
