@@ -517,7 +517,7 @@ class World:
                 f"?options=-csearch_path%3D{self.schema}"
             )
             subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
+                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c",
                  f"CREATE SCHEMA {self.schema}"],
                 check=True,
             )  # fmt: skip
@@ -540,9 +540,10 @@ class World:
     def drop_schema(self) -> None:
         if self.schema:
             subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
+                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c",
                  f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"],
                 check=False,
+                capture_output=True,
             )  # fmt: skip
 
     # Processes ------------------------------------------------------------------
