@@ -12,6 +12,7 @@ from django.db.models import F
 from asr.models import Transcription
 from asr.models import TranscriptionEvent
 from asr.signals import transcription_event
+from asr.signals import transcription_events_recorded
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ def transcription_event_record(
         event = TranscriptionEvent.objects.create(
             transcription_id=transcription_id, seq=seq, kind=kind, data=data or {}
         )
+        transcription_events_recorded.send(
+            sender=TranscriptionEvent, pairs=[(event, job)]
+        )
         transaction.on_commit(lambda: _announce(event, job))
     return event
 
@@ -79,6 +83,7 @@ def transcription_events_record_bulk(
         pairs = [
             (event, job) for event, (job, _, _) in zip(events, entries, strict=True)
         ]
+        transcription_events_recorded.send(sender=TranscriptionEvent, pairs=pairs)
         transaction.on_commit(lambda: _announce_all(pairs))
 
 

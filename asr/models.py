@@ -74,6 +74,10 @@ class Transcription(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
 
+    # Told when the job finishes (the webhooks app), signed with the owner's job
+    # webhook secret; empty: only the owner's standing endpoints are.
+    webhook_url = models.CharField(max_length=2048, blank=True)
+
     attempts = models.PositiveIntegerField(default=0)
     # Bumped by every event of this job: clients order pushed events by it.
     event_seq = models.PositiveIntegerField(default=0)

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "channels",
     "asr",
     "bots",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -436,6 +437,9 @@ CELERY_TASK_ROUTES = {
     "asr.live_finish": {"queue": "live"},
     "asr.live_partial": {"queue": "live_partial"},
     "bots.*": {"queue": "bots"},
+    # Webhook calls wait on other people's servers: their own queue and threads
+    # worker (Procfile worker_webhooks), so a hanging receiver holds up no one else.
+    "webhooks.*": {"queue": "webhooks"},
 }
 # One message at a time per process: a long GPU job must not hold others hostage.
 # https://docs.celeryq.dev/en/stable/userguide/optimizing.html#prefetch-limits
@@ -595,6 +599,50 @@ TELEGRAM_MAX_TEXT_MESSAGES = env.int("TELEGRAM_MAX_TEXT_MESSAGES", default=10)
 # once they are this old.
 TELEGRAM_RECONCILE_INTERVAL = env.float("TELEGRAM_RECONCILE_INTERVAL", default=30.0)
 TELEGRAM_RECONCILE_MIN_AGE = env.float("TELEGRAM_RECONCILE_MIN_AGE", default=60.0)
+
+# Completion webhooks (webhooks app) ----------------------------------------------------
+# https://www.standardwebhooks.com/ (README "Webhooks")
+# Links in a webhook's payload are absolute, on this address: where API clients
+# reach this server.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip(
+    "/"
+)
+# Webhooks go to public addresses only (no loopback, private, link-local, metadata,
+# shared or reserved ones), checked when a URL is given and again after DNS at every
+# connection. These networks are let through too: a private deployment's receivers,
+# e.g. "10.0.0.0/8,fd00::/8". Empty: none.
+WEBHOOK_ALLOWED_NETWORKS = env.list("WEBHOOK_ALLOWED_NETWORKS", default=[])
+# One call's limits (s): connecting, and the whole call (connect, send, answer).
+WEBHOOK_CONNECT_TIMEOUT = env.float("WEBHOOK_CONNECT_TIMEOUT", default=5.0)
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=15.0)
+# Retries of a 5xx, 408, 429 or a time-out back off exponentially: attempt n + 1
+# comes WEBHOOK_RETRY_BASE x WEBHOOK_RETRY_FACTOR^(n-1) s after attempt n (at most
+# WEBHOOK_RETRY_MAX; a Retry-After header wins), with up to 10 % jitter. Defaults:
+# 5 s, 20 s, 80 s, 5 min, 21 min, 85 min, 5.7 h, 6 h, 6 h: ten attempts over about
+# 20 hours. A delivery is given up after WEBHOOK_MAX_ATTEMPTS, or once
+# WEBHOOK_GIVE_UP_SECONDS have passed, or after WEBHOOK_MAX_CLIENT_ERRORS answers of
+# another 4xx (or a redirect, never followed); a 410 disables the endpoint.
+WEBHOOK_RETRY_BASE = env.float("WEBHOOK_RETRY_BASE", default=5.0)
+WEBHOOK_RETRY_FACTOR = env.float("WEBHOOK_RETRY_FACTOR", default=4.0)
+WEBHOOK_RETRY_MAX = env.float("WEBHOOK_RETRY_MAX", default=6 * 3600.0)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=10)
+WEBHOOK_MAX_CLIENT_ERRORS = env.int("WEBHOOK_MAX_CLIENT_ERRORS", default=3)
+WEBHOOK_GIVE_UP_SECONDS = env.float("WEBHOOK_GIVE_UP_SECONDS", default=24 * 3600.0)
+# A retry due within this many seconds is sent as a delayed task; a later one is
+# sent by the reconciler when it is due (the broker holds no message for hours).
+WEBHOOK_COUNTDOWN_MAX = env.float("WEBHOOK_COUNTDOWN_MAX", default=120.0)
+# After a secret's rotation the previous one signs too (a second signature in
+# webhook-signature) for this long, so receivers can switch without losing events.
+WEBHOOK_SECRET_ROTATION_GRACE = env.float(
+    "WEBHOOK_SECRET_ROTATION_GRACE", default=24 * 3600.0
+)
+# Connections each webhooks worker process keeps to receivers (one pool a process).
+WEBHOOK_MAX_CONNECTIONS = env.int("WEBHOOK_MAX_CONNECTIONS", default=64)
+# Periodic (beat): deliveries whose task was lost (a process killed between commit
+# and enqueue, or mid-call: its lease ran out) and retries due are sent again, once
+# they are this old.
+WEBHOOK_RECONCILE_INTERVAL = env.float("WEBHOOK_RECONCILE_INTERVAL", default=10.0)
+WEBHOOK_RECONCILE_MIN_AGE = env.float("WEBHOOK_RECONCILE_MIN_AGE", default=30.0)
 
 # REST API -----------------------------------------------------------------------------
 # https://www.django-rest-framework.org/api-guide/settings/
@@ -764,4 +812,8 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": TELEGRAM_LEASE_RECLAIM_INTERVAL,
     },
     "asr-retention": {"task": "asr.retention", "schedule": ASR_RETENTION_INTERVAL},
+    "webhooks-reconcile": {
+        "task": "webhooks.reconcile",
+        "schedule": WEBHOOK_RECONCILE_INTERVAL,
+    },
 }

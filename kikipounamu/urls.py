@@ -23,6 +23,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("webhooks.api.urls")),
     path("api/v1/", include("asr.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(

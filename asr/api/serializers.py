@@ -33,6 +33,14 @@ class TranscriptionCreateSerializer(serializers.Serializer):
         max_length=16,
         help_text="ISO 639-1 code such as 'en'; empty or 'auto' to detect it.",
     )
+    webhook_url = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=2048,
+        help_text="Called when the job finishes (transcription.succeeded, .failed "
+        "or .cancelled), signed with your job webhook secret "
+        "(/api/v1/webhooks/job-secret). http(s), reaching a public address.",
+    )
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -66,6 +74,7 @@ class TranscriptionSerializer(serializers.ModelSerializer):
             "segments",
             "meta",
             "error",
+            "webhook_url",
             "attempts",
             "queue_position",
             "eta_seconds",

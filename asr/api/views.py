@@ -79,6 +79,8 @@ class TranscriptionListCreateApi(GenericAPIView):
                 "`file_missing`: no file in the multipart field `file`; "
                 "`empty_audio`: the file is empty; `invalid_language`: not a "
                 "language code we know; `invalid`: `language` is over 16 characters; "
+                "`invalid_url`: `webhook_url` is not http(s), has credentials, or "
+                "reaches a loopback, private, link-local or reserved address; "
                 "`parse_error`: a malformed multipart body.",
             ),
             403,
@@ -105,6 +107,7 @@ class TranscriptionListCreateApi(GenericAPIView):
             audio=serializer.validated_data["file"],
             language=serializer.validated_data.get("language"),
             source=Transcription.Source.WEB if by_session else Transcription.Source.API,
+            webhook_url=serializer.validated_data.get("webhook_url", ""),
         )
         data = transcription_representation(job, request)
         return Response(

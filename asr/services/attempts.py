@@ -315,19 +315,24 @@ def transcription_fail_unheld(
 ) -> bool:
     """Fail a job that no attempt holds any more: its workers died at the attempt
     cap, or the reconciler found it past its deadline. ``rows`` selects the job in
-    the state that allows it (a conditional UPDATE, as everywhere)."""
-    if not rows.update(
-        status=Status.FAILED,
-        error_code=failure.code,
-        error_message=failure.message,
-        finished_at=timezone.now(),
-        batch_task_id="",
-    ):
-        return False
+    the state that allows it (a conditional UPDATE, as everywhere). The status and
+    its event are one transaction, as in ``attempts_finish``: what the event's
+    listeners write (a webhook's delivery row) comes with the failure or not at all."""
+    with transaction.atomic():
+        if not rows.update(
+            status=Status.FAILED,
+            error_code=failure.code,
+            error_message=failure.message,
+            finished_at=timezone.now(),
+            batch_task_id="",
+        ):
+            return False
+        transcription_event_record(
+            transcription_id=transcription_id,
+            kind=Kind.FAILED,
+            data={"code": failure.code},
+        )
     logger.warning("job %s failed: %s", transcription_id, failure.code)
-    transcription_event_record(
-        transcription_id=transcription_id, kind=Kind.FAILED, data={"code": failure.code}
-    )
     return True
 
 

@@ -24,6 +24,7 @@ from asr.ops import stats
 from asr.services import attempts
 from asr.services import dispatch
 from asr.services import job_options
+from kikipounamu import outbound
 from kikipounamu.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def transcription_create(
     language: str | None = None,
     source: str = Transcription.Source.API,
     options: job_options.JobOptions | None = None,
+    webhook_url: str = "",
 ) -> Transcription:
     """Validate and store the audio, create the job, and enqueue it on commit.
 
@@ -66,10 +68,14 @@ def transcription_create(
     API, web and OpenAI-door submissions are refused (503 ``busy``) while the queue
     is full; the Telegram door calls ``admission_check`` itself, before downloading
     anything. ``options``: what the job asks of the engine (``job_options``).
+    ``webhook_url``: told when the job finishes (a 400 ``invalid_url`` if we would
+    not send to it).
     """
     if source in _ADMITTED_HERE:
         admission_check()
     language_code = _language_code(language)
+    if webhook_url:
+        outbound.webhook_url_check(webhook_url, field="webhook_url")
     size = _checked_size(audio)
     digest, info = _inspect(audio)
     job = Transcription(
@@ -85,6 +91,7 @@ def transcription_create(
         language=language_code or "",
         task_id=str(uuid.uuid4()),
         meta=_options_meta(options),
+        webhook_url=webhook_url,
         # The ACCEPTED event below is the job's first.
         event_seq=1,
     )

@@ -75,14 +75,17 @@ def transcription_retry(*, transcription: Transcription) -> Transcription:
 
 def transcription_cancel(*, transcription: Transcription) -> Transcription:
     """Cancel a queued job and revoke its message; a running job cannot be stopped."""
-    updated = Transcription.objects.filter(
-        pk=transcription.pk, status=Status.QUEUED
-    ).update(status=Status.CANCELLED, finished_at=timezone.now())
-    if updated:
-        transcription_event_record(
-            transcription_id=transcription.pk, kind=Kind.CANCELLED
-        )
-    else:
+    # The status and its event in one transaction: what listens for the event (a
+    # webhook's delivery row) is written with the cancel or not at all.
+    with transaction.atomic():
+        updated = Transcription.objects.filter(
+            pk=transcription.pk, status=Status.QUEUED
+        ).update(status=Status.CANCELLED, finished_at=timezone.now())
+        if updated:
+            transcription_event_record(
+                transcription_id=transcription.pk, kind=Kind.CANCELLED
+            )
+    if not updated:
         transcription.refresh_from_db()
         raise ApplicationError(
             f"This job is {transcription.status} and can no longer be cancelled.",
