@@ -6,6 +6,7 @@ hang until released."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -36,8 +37,8 @@ class Received:
 @dataclass
 class Script:
     """What a path answers: ``replies`` in turn (the last one again and again).
-    A reply is a status, ``("retry_after", status, seconds)``, ``("redirect", to)``
-    or ``"hang"``."""
+    A reply is a status, ``("retry_after", status, seconds)``, ``("redirect", to)``,
+    ``("flaky", p)`` (500 with probability p, else 200) or ``"hang"``."""
 
     replies: list[Any] = field(default_factory=lambda: [200])
     secret: str | None = None
@@ -123,6 +124,8 @@ class Receiver:
             status, extra = reply[1], {"Retry-After": str(reply[2])}
         elif isinstance(reply, tuple) and reply[0] == "redirect":
             status, extra = 302, {"Location": reply[1]}
+        elif isinstance(reply, tuple) and reply[0] == "flaky":
+            status = 500 if random.random() < reply[1] else 200
         record.answered = status
         answer = json.dumps({"status": status}).encode()
         handler.send_response(status)

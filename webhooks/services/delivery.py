@@ -50,8 +50,10 @@ logger = logging.getLogger(__name__)
 
 State = WebhookDelivery.State
 USER_AGENT = "kikipounamu-webhooks/1"
-# The lease outlasts the call's deadline by this much: the database writes around it.
-_LEASE_MARGIN_SECONDS = 30
+# The lease outlasts the call's deadline by this much: the database writes around it
+# (a delivery whose lease ran out while its outcome was being written is sent again,
+# with the same webhook-id).
+_LEASE_MARGIN_SECONDS = 10
 _RETRIED_4XX = (408, 429)
 
 _pool_lock = threading.Lock()
