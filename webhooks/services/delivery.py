@@ -108,7 +108,8 @@ class Result:
     error: str = ""
     excerpt: str = ""
     retry_after: float | None = None
-    # Refused by the SSRF rules: retrying cannot help.
+    # Not to be sent (the SSRF rules refused the address, the endpoint is off):
+    # retrying cannot help.
     refused: bool = False
 
 
@@ -150,54 +151,49 @@ def webhook_deliver(*, delivery_id: str, owner: str) -> None:
     """One attempt at the delivery, if it is due and no one else holds it; the next
     one is scheduled (a delayed task, or the reconciler's when it is far off)."""
     now = timezone.now()
-    claimed = WebhookDelivery.objects.filter(
-        pk=delivery_id, state=State.PENDING, next_attempt_at__lte=now
-    ).update(
-        state=State.SENDING,
-        lease_owner=owner,
-        lease_until=now + timedelta(seconds=lease_seconds()),
-        attempts=F("attempts") + 1,
-    )
-    if not claimed:
-        return  # delivered, given up, held by another task, or not due yet
+    # The claim and its attempt row in one write: a worker killed after it leaves
+    # an attempt without an outcome, which the reconciler closes.
+    with transaction.atomic():
+        if not WebhookDelivery.objects.filter(
+            pk=delivery_id, state=State.PENDING, next_attempt_at__lte=now
+        ).update(
+            state=State.SENDING,
+            lease_owner=owner,
+            lease_until=now + timedelta(seconds=lease_seconds()),
+            attempts=F("attempts") + 1,
+        ):
+            return  # delivered, given up, held by another task, or not due yet
+        attempt = WebhookAttempt.objects.create(
+            delivery_id=delivery_id, started_at=now, worker=settings.WORKER_HOSTNAME
+        )
     delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
     with log_context(job_id=str(delivery.job_id)):
-        _attempt(delivery, owner=owner)
+        _attempt(delivery, attempt, owner=owner)
 
 
-def _attempt(delivery: WebhookDelivery, *, owner: str) -> None:
+def _attempt(delivery: WebhookDelivery, attempt: WebhookAttempt, *, owner: str) -> None:
     endpoint = delivery.endpoint
+    now = timezone.now()
     if delivery.target.startswith("endpoint:") and (
         endpoint is None or not endpoint.is_active
     ):
-        _finish_unsent(
-            delivery, owner=owner, error="the endpoint is turned off or gone"
+        refusal = Result(
+            error="not sent: the endpoint is turned off or gone", refused=True
         )
+        _record(delivery, attempt, refusal, owner=owner, elapsed_ms=0)
         return
-    now = timezone.now()
     if endpoint is not None:
         secrets_ = endpoint.signing_secrets(now)
     elif delivery.owner_id is not None:
         secrets_ = job_secret_for(owner_id=delivery.owner_id).signing_secrets(now)
     else:
-        _finish_unsent(
-            delivery, owner=owner, error="no owner, so no secret to sign with"
-        )
+        refusal = Result(error="not sent: no owner, so no secret", refused=True)
+        _record(delivery, attempt, refusal, owner=owner, elapsed_ms=0)
         return
-    attempt = WebhookAttempt.objects.create(
-        delivery=delivery, started_at=now, worker=settings.WORKER_HOSTNAME
-    )
     started = time.monotonic()
     result = _call(delivery, secrets_)
     elapsed_ms = int((time.monotonic() - started) * 1000)
     _record(delivery, attempt, result, owner=owner, elapsed_ms=elapsed_ms)
-
-
-def _finish_unsent(delivery: WebhookDelivery, *, owner: str, error: str) -> None:
-    WebhookDelivery.objects.filter(
-        pk=delivery.pk, state=State.SENDING, lease_owner=owner
-    ).update(state=State.FAILED, last_error=error, lease_owner="", lease_until=None)
-    logger.warning("webhook delivery %s not sent: %s", delivery.pk, error)
 
 
 def _outcome(
