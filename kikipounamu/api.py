@@ -82,6 +82,25 @@ def handler500(request: Any) -> JsonResponse:
     return json_error("server_error", "Something went wrong on our side.", 500)
 
 
+class StrictQuerySerializer(serializers.Serializer):
+    """Query parameters read as the client meant them: DRF reads an optional one sent
+    empty as absent (``?status=`` would list everything) and a repeated one as its
+    last value; here both are a 400 naming the parameter."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        for name, field in self.fields.items():
+            values = data.getlist(name) if hasattr(data, "getlist") else []
+            if len(values) > 1:
+                raise exceptions.ValidationError({name: [f"Send one {name}."]})
+            if values == [""]:
+                if isinstance(field, serializers.ChoiceField):
+                    message = field.error_messages["invalid_choice"].format(input="")
+                else:
+                    message = "This parameter may not be empty."
+                raise exceptions.ValidationError({name: [message]})
+        return super().to_internal_value(data)
+
+
 # The schema ---------------------------------------------------------------------------
 
 

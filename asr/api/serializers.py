@@ -14,6 +14,7 @@ from asr.models import TranscriptionEvent
 from asr.selectors import queue_position
 from asr.selectors import transcription_eta_seconds
 from asr.ws_tokens import ws_token_for_job
+from kikipounamu.api import StrictQuerySerializer
 
 
 @extend_schema_field(OpenApiTypes.BINARY)
@@ -205,7 +206,7 @@ class TranscriptDocumentSerializer(serializers.Serializer):
     )
 
 
-class TranscriptionListQuerySerializer(serializers.Serializer):
+class TranscriptionListQuerySerializer(StrictQuerySerializer):
     status = serializers.ChoiceField(
         choices=Transcription.Status.choices,
         required=False,
@@ -216,18 +217,6 @@ class TranscriptionListQuerySerializer(serializers.Serializer):
             + "."
         },
     )
-
-    def to_internal_value(self, data: Any) -> Any:
-        # DRF reads an optional query parameter sent empty as absent (`?status=`
-        # would list every job) and a repeated one as its last value: neither is
-        # what the client meant.
-        values = data.getlist("status")
-        if len(values) > 1:
-            raise serializers.ValidationError({"status": ["Send one status."]})
-        if values == [""]:
-            message = self.fields["status"].error_messages["invalid_choice"]
-            raise serializers.ValidationError({"status": [message.format(input="")]})
-        return super().to_internal_value(data)
 
 
 def summary(obj: Transcription) -> dict[str, Any]:

@@ -3,8 +3,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from kikipounamu.api import StrictQuerySerializer
 from webhooks.models import EventType
 from webhooks.models import JobWebhookSecret
 from webhooks.models import WebhookAttempt
@@ -143,12 +146,13 @@ class DeliveryDetailSerializer(DeliverySerializer):
         fields = [*DeliverySerializer.Meta.fields, "payload", "attempt_log"]
         read_only_fields = fields
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
     def get_payload(self, obj: WebhookDelivery) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(obj.body)
         return value
 
 
-class DeliveryListQuerySerializer(serializers.Serializer):
+class DeliveryListQuerySerializer(StrictQuerySerializer):
     job = serializers.UUIDField(required=False, help_text="Only this job's.")
     endpoint = serializers.UUIDField(required=False, help_text="Only this endpoint's.")
     state = serializers.ChoiceField(

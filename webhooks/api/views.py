@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from kikipounamu.api import api_schema
+from kikipounamu.parsers import JSONParser
 from webhooks import selectors
 from webhooks import services
 from webhooks.api.serializers import DeliveryDetailSerializer
@@ -32,16 +33,22 @@ _INVALID_URL = (
     "not http(s), has credentials, or reaches a loopback, private, link-local or "
     "reserved address (the message says which).",
 )
+_BAD_PAGE = (400, "`invalid`: `page` / `page_size` is not a whole number from 1.")
 _NOT_FOUND = (404, "`not_found`: no such endpoint or delivery, or not one of yours.")
 
 
+# Endpoints are JSON documents (a list of events does not fit a form).
+_JSON = [JSONParser]
+
+
 class EndpointListCreateApi(GenericAPIView):
+    parser_classes = _JSON
     serializer_class = EndpointSerializer
     filter_backends: list[Any] = []
 
     @api_schema(
         responses={200: EndpointSerializer(many=True)},
-        errors=[(404, "`not_found`: `page` is past the last page.")],
+        errors=[_BAD_PAGE, (404, "`not_found`: `page` is past the last page.")],
         summary="Your webhook endpoints",
     )
     def get(self, request: Request) -> Response:
@@ -64,6 +71,8 @@ class EndpointListCreateApi(GenericAPIView):
 
 
 class EndpointDetailApi(APIView):
+    parser_classes = _JSON
+
     @api_schema(
         responses={200: EndpointSerializer},
         errors=[_NOT_FOUND],
@@ -141,7 +150,11 @@ class DeliveryListApi(GenericAPIView):
         parameters=[DeliveryListQuerySerializer],
         responses={200: DeliverySerializer(many=True)},
         errors=[
-            (400, "`invalid`: `job`, `endpoint` or `state` is not one."),
+            (
+                400,
+                "`invalid`: `job`, `endpoint` or `state` is not one (or is empty, or "
+                "repeated), or `page` / `page_size` is not a whole number from 1.",
+            ),
             (404, "`not_found`: `page` is past the last page."),
         ],
         summary="Webhook deliveries (newest first), by job, endpoint or state",
