@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('asr', '0008_transcription_in_progress'),
+        ('asr', '0009_transcription_alone'),
     ]
 
     operations = [
