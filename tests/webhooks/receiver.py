@@ -59,6 +59,13 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except ConnectionError:
+                    # A sender killed with a keep-alive connection open.
+                    self.close_connection = True
+
             def do_POST(self) -> None:
                 receiver._handle(self)
 
@@ -99,7 +106,15 @@ class Receiver:
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("content-length") or 0)
-        body = handler.rfile.read(length)
+        try:
+            body = handler.rfile.read(length)
+        except OSError:
+            body = b""
+        if len(body) < length:
+            # The sender went away mid-request (killed): like any HTTP server, no
+            # request reached the application.
+            handler.close_connection = True
+            return
         headers = {k.lower(): v for k, v in handler.headers.items()}
         with self.lock:
             script = self.scripts.get(handler.path) or Script()
@@ -133,5 +148,9 @@ class Receiver:
             handler.send_header(name, value)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(answer)))
-        handler.end_headers()
-        handler.wfile.write(answer)
+        try:
+            handler.end_headers()
+            handler.wfile.write(answer)
+        except OSError:
+            # The sender went away before its answer (killed mid-call).
+            handler.close_connection = True
