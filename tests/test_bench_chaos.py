@@ -5,6 +5,7 @@ script, not a test)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 
@@ -50,6 +51,23 @@ def test_the_reconcilers_requeued_jobs_are_summed_from_its_log_lines() -> None:
         "{\"message\": \"reconcile: {'requeued': 2, 'timed_out': 1}\"}\n"
     )
     assert chaos.reconciler_requeued(log) == 5
+
+
+def test_a_rescued_job_is_told_by_when_its_upload_was_accepted() -> None:
+    killed = dt.datetime(2026, 12, 3, 12, 0, 0, tzinfo=dt.UTC)
+    restarted = killed + dt.timedelta(seconds=3)
+
+    def kind(seconds: float) -> str:
+        created = killed + dt.timedelta(seconds=seconds)
+        return chaos.rescue_kind(created, killed=killed, restarted=restarted)
+
+    assert [kind(s) for s in (-5.0, -0.5, 0.0, 2.9, 3.0)] == [
+        "accepted at other times",
+        "accepted in the second before the kill",
+        "accepted while Redis was down",
+        "accepted while Redis was down",
+        "accepted at other times",
+    ]
 
 
 def test_an_attempt_cut_by_a_fault_counts_from_the_fault_to_its_restart() -> None:
@@ -138,6 +156,11 @@ def test_verdicts_follow_the_targets_of_each_scenario() -> None:
     checks = {c.key: c for c in chaos.verdicts(redis)}
     assert checks["rescued"].ok is False
     assert checks["after_restart"].ok is True  # 40 <= 30 + 15
+    # uploads accepted while Redis was down had no message: their rescue is no FAIL
+    redis = Outcome("redis", rescued=2, rescued_held=0)
+    assert {c.key: c.ok for c in chaos.verdicts(redis)}["rescued"] is True
+    redis = Outcome("redis", rescued=3, rescued_held=1)
+    assert {c.key: c.ok for c in chaos.verdicts(redis)}["rescued"] is False
 
     assert chaos.verdicts(Outcome("link", skipped="not root")) == []
 
