@@ -687,7 +687,7 @@ class World:
         pid = int((self.redis_dir / "redis.pid").read_text())
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def start_redis(self) -> None:
@@ -706,6 +706,16 @@ class World:
 
     def reconciler_mark(self) -> int:
         return self.support[0].log_path.stat().st_size
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: a killed daemon stays a zombie until
+    whoever adopted it reaps it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def kill_group(proc: pl.Process) -> None:
@@ -1048,8 +1058,8 @@ def scenario_redis(w: World, plan: dict[str, Any], clip: Path) -> Outcome:
         + ", ".join(f"{rescued[kind]} {kind}" for kind in RESCUE_KINDS)
     )
     o.notes.append(
-        f"Redis down {(restarted - fault).total_seconds():.1f} s; uploads while"
-        f" it was down: {jobs.filter(created_at__gte=fault, created_at__lt=restarted).count()}"
+        f"Redis down {(restarted - killed).total_seconds():.1f} s; uploads while"
+        f" it was down: {jobs.filter(created_at__gte=killed, created_at__lt=restarted).count()}"
     )
     w.stop_workers()
     return o
