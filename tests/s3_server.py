@@ -111,6 +111,7 @@ class S3Server:
             )
             self._bucket_made = True
         self._retry(deadline, lambda: self.client().head_bucket(Bucket=self.bucket))
+        self._wait_volumes(deadline)
         self.startup_seconds = time.monotonic() - began
         return self
 
@@ -273,6 +274,49 @@ class S3Server:
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"weed did not answer:\n{self.process.log()[-4000:]}")
+
+    def _wait_volumes(self, deadline: float) -> None:
+        """After a restart the S3 gateway answers (bucket metadata live in the
+        filer) before the volume server has told the master which volumes it
+        holds: a GET in that window fails "volume 1 not found" (seen once in CI,
+        under load). Wait until the master lists every volume on disk, then until
+        one stored object reads back through the gateway (the filer learns volume
+        locations from the master a moment later)."""
+        on_disk = {
+            int(path.stem.rsplit("_", 1)[-1]) for path in self.data_dir.glob("*.dat")
+        }
+        master = f"http://{self.ip}:{self._ports['master'][0]}"
+        while on_disk:
+            try:
+                status = requests.get(f"{master}/vol/status", timeout=2).json()
+                racks = status["Volumes"]["DataCenters"].values()
+                known = {
+                    volume["Id"]
+                    for rack in racks
+                    for servers in rack.values()
+                    for volumes in servers.values()
+                    for volume in volumes
+                }
+                if on_disk <= known:
+                    break
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"weed's master never listed volumes {sorted(on_disk)}:\n"
+                    f"{self.log_tail()}"
+                )
+            time.sleep(0.05)
+        listing = self._admin().list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        for entry in listing.get("Contents", []):
+            self._retry(
+                deadline,
+                lambda: (
+                    self._admin()
+                    .get_object(Bucket=self.bucket, Key=entry["Key"])["Body"]
+                    .read()
+                ),
+            )
 
     def _retry(self, deadline: float, call: Any) -> None:
         assert self.process is not None
