@@ -532,6 +532,12 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
 # Jobs queued or running past their deadline (their message was lost, e.g. a Redis
 # without AOF restarted) are re-enqueued by this periodic task.
 ASR_RECONCILE_INTERVAL = env.float("ASR_RECONCILE_INTERVAL", default=60)
+# A send the broker refused (Redis down) is tried again by the process that made it,
+# in the background, as soon as the broker answers: for this many seconds, and for
+# at most this many sends held at once (kikipounamu/dispatch.py). Past either, and
+# for a process that dies first, the reconcilers are the net.
+DISPATCH_RESEND_SECONDS = env.float("DISPATCH_RESEND_SECONDS", default=600)
+DISPATCH_RESEND_LIMIT = env.int("DISPATCH_RESEND_LIMIT", default=10_000)
 
 WORKER_HOSTNAME = env.str("WORKER_HOSTNAME", default="") or socket.gethostname()
 

@@ -108,8 +108,11 @@ def live_finals_after(*, session_id: str, after: int) -> list[dict[str, Any]]:
 
 
 def live_enqueue(name: str, args: list[Any], *, what: str, **options: Any) -> bool:
-    """Send a live task (routed to the live queues by name, CELERY_TASK_ROUTES)."""
-    return dispatch.send(name, args, what=what, **options)
+    """Send a live task (routed to the live queues by name, CELERY_TASK_ROUTES).
+
+    A refused one is not made again later: a partial is stale within a second, and
+    a session's finish is the live reconciler's to send."""
+    return dispatch.send(name, args, what=what, resend=False, **options)
 
 
 # The worker side ------------------------------------------------------------------

@@ -4,10 +4,13 @@ process's job at the head of the queue, running jobs through a Redis kill -9."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +118,21 @@ def test_a_killed_pool_process_s_job_runs_next_not_behind_the_queue(
     assert kinds(first) == ["accepted", "started", "requeued", "started", "succeeded"]
 
 
-def test_running_jobs_survive_a_redis_kill_9_without_the_reconciler(
-    own_live_api: Any, tmp_path: Path
-) -> None:
-    # given the workers' own Redis (append-only, as in production) and no beat: no
-    # reconciler and no reclaimer can run
+@dataclasses.dataclass
+class OwnRedisStack:
+    api: Any
+    data: Path
+    web: processes.Process
+    worker: processes.Process
+
+    def kill_redis(self) -> None:
+        os.kill(int((self.data / "redis.pid").read_text()), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def own_redis_stack(own_live_api: Any, tmp_path: Path) -> Iterator[OwnRedisStack]:
+    """A web and a worker on their own Redis (append-only, as in production), and
+    no beat: no reconciler and no reclaimer can run."""
     data = tmp_path / "redis"
     redis_url = ensure_embedded_redis(data).url()
     env = {**QUICK_HEARTBEATS, "REDIS_URL": redis_url}
@@ -128,26 +141,61 @@ def test_running_jobs_survive_a_redis_kill_9_without_the_reconciler(
     api = copy.copy(own_live_api)  # the same user's token, at this web
     api.base = base
     try:
+        yield OwnRedisStack(api, data, web, worker)
+    finally:
+        worker.stop()
+        web.stop()
+        stop_embedded_redis(data)
+
+
+def test_running_jobs_survive_a_redis_kill_9_without_the_reconciler(
+    own_live_api: Any, tmp_path: Path
+) -> None:
+    with own_redis_stack(own_live_api, tmp_path) as stack:
+        api = stack.api
         job_ids = [
             api.submit(tone(tmp_path / f"{n}.wav", 4)).json()["id"] for n in range(3)
         ]
         wait_until_running(api, job_ids[0], attempts=1)
 
         # when Redis is killed with SIGKILL mid-job, and comes back 3 s later
-        pid = int((data / "redis.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
+        stack.kill_redis()
         time.sleep(3)
-        ensure_embedded_redis(data)
+        ensure_embedded_redis(stack.data)
 
         jobs = [api.wait(job_id, timeout=90) for job_id in job_ids]
-    finally:
-        worker.stop()
-        web.stop()
-        stop_embedded_redis(data)
 
     # then every job finished, each run to the end once
     assert [job["status"] for job in jobs] == ["succeeded"] * 3, jobs
     for job_id in job_ids:
         assert kinds(job_id).count("succeeded") == 1
-    assert kinds(job_ids[0]) == ["accepted", "started", "succeeded"], worker.log_tail()
+    assert kinds(job_ids[0]) == ["accepted", "started", "succeeded"], (
+        stack.worker.log_tail()
+    )
     assert rescued_by_reconciler() == 0
+
+
+def test_uploads_accepted_while_redis_is_down_run_when_it_is_back_without_the_reconciler(
+    own_live_api: Any, tmp_path: Path
+) -> None:
+    clips = [tone(tmp_path / f"{n}.wav", 1) for n in range(3)]
+    with own_redis_stack(own_live_api, tmp_path) as stack:
+        # when Redis is killed, uploads are accepted while it is down (their rows
+        # are committed; their messages cannot be sent), and it comes back
+        stack.kill_redis()
+        answers = [stack.api.submit(clip) for clip in clips]
+        assert [r.status_code for r in answers] == [202] * 3, answers[0].text
+        job_ids = [r.json()["id"] for r in answers]
+        time.sleep(1)
+        ensure_embedded_redis(stack.data)
+
+        # then the web sends them itself as soon as Redis answers: each job runs,
+        # once, well inside the reconciler's first pass (which never runs here)
+        jobs = [stack.api.wait(job_id, timeout=30) for job_id in job_ids]
+
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3, stack.web.log_tail()
+    for job_id in job_ids:
+        assert kinds(job_id) == ["accepted", "started", "succeeded"], kinds(job_id)
+    assert rescued_by_reconciler() == 0
+    log = stack.web.log()
+    assert log.count("sent, the broker answers again") == 3, stack.web.log_tail()

@@ -8,6 +8,7 @@ A broker outage must not fail the finish that committed the rows:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 from uuid import UUID
 
 from kikipounamu import dispatch
@@ -20,7 +21,7 @@ def enqueue_deliveries(
     ids = [str(pk) for pk in delivery_ids]
     if not ids:
         return
-    options = {} if countdown is None else {"countdown": countdown}
+    options: dict[str, Any] = {} if countdown is None else {"countdown": countdown}
     for pk in ids:
         dispatch.send(
             "webhooks.deliver", [pk], what=f"webhook delivery {pk}", **options
