@@ -72,9 +72,12 @@ def process_updates(update_pks: list[int]) -> None:
     name="bots.fetch_audio",
     autoretry_for=(OperationalError,),
     **_BACKOFF,
-    # Both for the automatic retries and for self.retry() below.
-    max_retries=5,
-    retry_kwargs={"max_retries": 5},
+    # Both for the automatic retries and for self.retry() below. More than
+    # TELEGRAM_FETCH_MAX_ATTEMPTS: a 429 gives its attempt back (fetch.py), so a
+    # chat told to wait several times still gets its voice note fetched; past this
+    # the job waits for bots.reconcile.
+    max_retries=20,
+    retry_kwargs={"max_retries": 20},
     **_COMMON,
 )
 def fetch_audio(self: Any, job_pk: int) -> None:

@@ -596,7 +596,8 @@ TELEGRAM_DELIVERY_MAX_ATTEMPTS = env.int("TELEGRAM_DELIVERY_MAX_ATTEMPTS", defau
 TELEGRAM_RETRY_BACKOFF_BASE = env.float("TELEGRAM_RETRY_BACKOFF_BASE", default=1.0)
 TELEGRAM_RETRY_BACKOFF_MAX = env.float("TELEGRAM_RETRY_BACKOFF_MAX", default=60.0)
 TELEGRAM_GIVE_UP_SECONDS = env.float("TELEGRAM_GIVE_UP_SECONDS", default=24 * 3600.0)
-# Downloads of one recording tried this many times before the user is told.
+# Downloads of one recording that failed (5xx, time-outs; a 429 does not count)
+# this many times, or not done after TELEGRAM_GIVE_UP_SECONDS: the user is told.
 TELEGRAM_FETCH_MAX_ATTEMPTS = env.int("TELEGRAM_FETCH_MAX_ATTEMPTS", default=5)
 # A transcript longer than this many messages goes on as the attached .txt only.
 TELEGRAM_MAX_TEXT_MESSAGES = env.int("TELEGRAM_MAX_TEXT_MESSAGES", default=10)

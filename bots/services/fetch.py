@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.files import File
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
 from asr.models import Transcription
 from asr.services import transcription_create
@@ -47,13 +48,21 @@ def telegram_job_fetch(*, job_pk: int) -> None:
 
 def _job_fetch(job: TelegramJob) -> None:
     job_pk = job.pk
+    # Counted before the call, so that a process killed mid-download counts too.
     TelegramJob.objects.filter(pk=job_pk).update(fetch_attempts=F("fetch_attempts") + 1)
     attempt = job.fetch_attempts + 1
-    if attempt > settings.TELEGRAM_FETCH_MAX_ATTEMPTS:
+    age = (timezone.now() - job.created_at).total_seconds()
+    if attempt > settings.TELEGRAM_FETCH_MAX_ATTEMPTS or (
+        age > settings.TELEGRAM_GIVE_UP_SECONDS
+    ):
         telegram_job_answer_error(
             job_pk,
             code="download_failed",
-            message=f"gave up after {attempt - 1} download attempts",
+            message=(
+                f"gave up after {attempt - 1} download attempts"
+                if attempt > settings.TELEGRAM_FETCH_MAX_ATTEMPTS
+                else f"not downloaded after {age / 3600:.1f} h"
+            ),
             body=texts.DOWNLOAD_FAILED,
         )
         return
@@ -67,7 +76,23 @@ def _job_fetch(job: TelegramJob) -> None:
             )
         except Exception as exc:
             failure = bot_api.classify(exc)
-            if failure.kind == "rate_limited" or failure.kind == "transient":
+            if failure.kind == "rate_limited":
+                # Telegram pacing the bot, not a failed download: the attempt is
+                # given back, as a reply part's 429 is not counted (delivery.py),
+                # so a busy bot does not give up on voice notes it was only told
+                # to fetch later. TELEGRAM_GIVE_UP_SECONDS bounds the waiting.
+                TelegramJob.objects.filter(pk=job_pk).update(
+                    fetch_attempts=F("fetch_attempts") - 1
+                )
+                logger.info(
+                    "telegram job %s: download rate limited, retry after %.1f s",
+                    job_pk,
+                    failure.retry_after or 0,
+                )
+                raise RetryLater(
+                    failure.message, failure.retry_after or backoff(attempt)
+                ) from exc
+            if failure.kind == "transient":
                 logger.warning(
                     "telegram job %s: download attempt %d failed: %s",
                     job_pk,

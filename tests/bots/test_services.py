@@ -837,3 +837,76 @@ def test_lang_offers_and_takes_only_what_the_workers_serve(
     assert refused.startswith("I cannot transcribe 'zh' here: I can transcribe en.")
     assert set_ == "I will transcribe your recordings as 'en'."
     assert TelegramChat.objects.get(pk=chat.id).language == "en"
+
+
+def _fetch_until_done(bot: Runner, job_pk: int) -> list[float]:
+    """What fetch_audio and its Celery retries do, with the waits skipped: the
+    countdowns asked for, in order."""
+    waits = []
+    for _ in range(30):
+        try:
+            services.telegram_job_fetch(job_pk=job_pk)
+        except services.RetryLater as exc:
+            waits.append(exc.countdown)
+            continue
+        return waits
+    raise AssertionError(waits)
+
+
+def _fetching_job(bot: Runner, method: str, **fault: Any) -> TelegramJob:
+    """A voice note's job, not yet fetched, whose Bot API ``method`` will fail as
+    ``fault`` says (FakeBotApi.inject)."""
+    bot.receive(bot.voice(u.private_chat()))
+    bot.drain(skip=("deliver", "fetch_audio"))
+    bot.api.inject(method, "status", **fault)
+    return TelegramJob.objects.get()
+
+
+def test_429s_on_a_download_wait_as_told_and_use_up_no_attempts(
+    bot: Runner, settings: Any
+) -> None:
+    # given a voice note whose getFile Telegram answers 429 more times than there
+    # are download attempts, then a 500, then the file
+    settings.TELEGRAM_FETCH_MAX_ATTEMPTS = 2
+    job = _fetching_job(bot, "getFile", status=429, retry_after=3, times=4)
+    bot.api.inject("getFile", "status", status=500)
+
+    waits = _fetch_until_done(bot, job.pk)
+
+    # then each 429's retry_after was the wait, and the download went through
+    assert waits[:4] == [3, 3, 3, 3] and len(waits) == 5
+    job.refresh_from_db()
+    assert job.state == "transcribing" and job.error_code == ""
+    assert job.fetch_attempts == 2  # the 500 and the success
+
+
+def test_a_download_failing_past_its_attempts_is_answered_download_failed(
+    bot: Runner, settings: Any
+) -> None:
+    settings.TELEGRAM_FETCH_MAX_ATTEMPTS = 2
+    job = _fetching_job(bot, "getFile", status=500, times=5)
+
+    assert len(_fetch_until_done(bot, job.pk)) == 2
+
+    job.refresh_from_db()
+    assert job.error_code == "download_failed"
+    assert job.error_message == "gave up after 2 download attempts"
+    assert len(downloads_of(bot.api, job.file_id)) == 2
+
+
+def test_a_download_still_rate_limited_past_the_give_up_time_is_answered(
+    bot: Runner, settings: Any
+) -> None:
+    job = _fetching_job(bot, "getFile", status=429, retry_after=3, times=99)
+    with pytest.raises(services.RetryLater):
+        services.telegram_job_fetch(job_pk=job.pk)
+
+    TelegramJob.objects.filter(pk=job.pk).update(
+        created_at=timezone.now()
+        - timedelta(seconds=settings.TELEGRAM_GIVE_UP_SECONDS + 1)
+    )
+    services.telegram_job_fetch(job_pk=job.pk)
+
+    job.refresh_from_db()
+    assert job.error_code == "download_failed"
+    assert job.error_message.startswith("not downloaded after 24.0 h")
