@@ -295,6 +295,9 @@ def uvicorn_command(
         "--workers",
         str(workers),
         "--no-access-log",
+        # As the Procfile's web.
+        "--ws-per-message-deflate",
+        "false",
         *(["--log-level", log_level] if log_level else []),
         *extra,
     ]
