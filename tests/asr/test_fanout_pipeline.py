@@ -192,9 +192,12 @@ def test_long_audio_runs_as_parallel_chunks_and_comes_back_as_one_transcript(
     assert len(seqs) == len(set(seqs))
     events.sort(key=lambda e: e["seq"])
     progress = [e for e in events if e["event"] == "progress"]
-    assert [e["job"]["meta"]["chunks"]["done"] for e in progress] == list(
-        range(1, len(chunks) + 1)
-    )
+    # One per chunk, never counting down; two chunks whose rows committed before
+    # either push read the count both say the higher one (CI once saw 2, 2, 3, 4).
+    done = [e["job"]["meta"]["chunks"]["done"] for e in progress]
+    assert len(done) == len(chunks), done
+    assert done == sorted(done) and done[-1] == len(chunks), done
+    assert all(n <= i + 2 for i, n in enumerate(done)), done
     assert all(e["job"]["meta"]["chunks"]["total"] == len(chunks) for e in progress)
     assert events[-1]["event"] == "succeeded"
     assert events[-1]["seq"] == job["event_seq"]
