@@ -89,16 +89,14 @@ def _job_fetch(job: TelegramJob) -> None:
                     job_pk,
                     failure.retry_after or 0,
                 )
-                raise RetryLater(
-                    failure.message, failure.retry_after or backoff(attempt)
-                ) from exc
-            if failure.kind == "transient":
+            elif failure.kind == "transient":
                 logger.warning(
                     "telegram job %s: download attempt %d failed: %s",
                     job_pk,
                     attempt,
                     failure.message,
                 )
+            if failure.kind in ("rate_limited", "transient"):
                 raise RetryLater(
                     failure.message, failure.retry_after or backoff(attempt)
                 ) from exc
