@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -39,7 +40,9 @@ import numpy as np
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from asr import live_store
@@ -47,6 +50,7 @@ from asr.languages import normalise_language
 from asr.models import Transcription
 from asr.ops import redis_state
 from asr.realtime import endpointing
+from asr.realtime.in_turn import dispatch_in_turn
 from asr.realtime.jobs import job_payload
 from asr.realtime.live_push import live_group
 from asr.services import intake
@@ -76,8 +80,13 @@ MAX_FRAME_BYTES = 2 * 48_000 * 2
 # reads it is sent: workers read audio only at those points, and each append is a
 # round trip (500 streams at 100 ms frames: 500 appends a second, not 5,000).
 FLUSH_SAMPLES = RATE
-# A final asked for but not pushed within this long is read from the database.
+# A final asked for but not pushed within this long is read from the database, and
+# looked for again after twice as long each time, up to the most: while live workers
+# are behind every final is late, and 500 streams each reading every 2 s took a
+# third of the web's time (bench/live.py, py-spy), which made them later still. The
+# same for a finished session's job.
 FINAL_GRACE_SECONDS = 2.0
+FINAL_GRACE_MAX_SECONDS = 8.0
 # A partial not answered within this long is given up (its worker died).
 PARTIAL_TIMEOUT_SECONDS = 10.0
 # Partial messages older than this are dropped by the broker unrun: their text
@@ -90,6 +99,11 @@ BUSY_RETRY_SECONDS = 10
 
 # Sends on their way (a reference keeps each from being collected mid-flight).
 _sending: set[asyncio.Future[Any]] = set()
+
+
+def _longer(wait: float | None) -> float:
+    """The wait before the next look for what was not pushed in time."""
+    return min(2 * (wait or FINAL_GRACE_SECONDS), FINAL_GRACE_MAX_SECONDS)
 
 
 class LiveRefusal(Exception):
@@ -210,6 +224,21 @@ class LiveConsumer(AsyncWebsocketConsumer):
     wants_partials = True
 
     # Messages --------------------------------------------------------------------------
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # AsyncConsumer.__call__ (channels 4.3, pinned <4.4) with dispatch_in_turn in
+        # place of await_many_dispatch, which spent three or four turns of the event
+        # loop on every audio frame (asr.realtime.in_turn says what that cost).
+        # tests/asr/test_live_in_turn.py keeps this in step with Channels' setup.
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = functools.partial(
+            self.channel_layer.receive, self.channel_name
+        )
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            await dispatch_in_turn([receive, self.channel_receive], self.dispatch)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels (4.3) awaits close_old_connections before every message, through
@@ -427,6 +456,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.last_partial: tuple[int, int] = (-1, -1)
         self.finals_waiting: dict[int, dict[str, Any]] = {}
         self.ended_at: dict[int, float] = {}
+        # How long to wait before the next look for each late final, and the finish.
+        self.final_wait: dict[int, float] = {}
+        self.finish_wait = FINAL_GRACE_SECONDS
         self.last_audio_at = time.monotonic()
         self.last_touch = 0.0
         self.next_index = 0
@@ -714,6 +746,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         while self.next_final in self.finals_waiting:
             final = self.finals_waiting.pop(self.next_final)
             self.ended_at.pop(self.next_final, None)
+            self.final_wait.pop(self.next_final, None)
             self.next_final += 1
             await self.send_final(final)
         await self._maybe_finish()
@@ -780,13 +813,19 @@ class LiveConsumer(AsyncWebsocketConsumer):
             and now - self.partial_asked_at > PARTIAL_TIMEOUT_SECONDS
         ):
             self.partial_in_flight = None
-        late = [i for i, at in self.ended_at.items() if now - at > FINAL_GRACE_SECONDS]
+        late = [
+            i
+            for i, at in self.ended_at.items()
+            if now - at > self.final_wait.get(i, FINAL_GRACE_SECONDS)
+        ]
         if late and min(late) == self.next_final:
             for index in late:
-                self.ended_at[index] = now  # next look in another grace period
+                self.ended_at[index] = now
+                self.final_wait[index] = _longer(self.final_wait.get(index))
             await self._catch_up()
-        if self.finish_asked and now - self.finish_asked_at > FINAL_GRACE_SECONDS:
+        if self.finish_asked and now - self.finish_asked_at > self.finish_wait:
             self.finish_asked_at = now
+            self.finish_wait = _longer(self.finish_wait)
             job = await database_sync_to_async(
                 Transcription.objects.filter(pk=self.session_id).first
             )()
