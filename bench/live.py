@@ -71,7 +71,8 @@ time (--speed 1); at another speed the figures are printed but not judged.
 
 --what-if NAME,... loads bench/whatif/sitecustomize.py into the servers, to measure a
 change proposed for the project without editing it (livedispatch: no DB hop per
-audio frame; livepriority: finals before partials); the figures are then labelled
+audio frame; livepriority: finals before partials; executor: a smaller thread
+pool; looplag: the web's event loop lag in its log); the figures are then labelled
 as such and are not the project's.
 """
 
@@ -118,7 +119,7 @@ from tests.speech import word_error_rate  # noqa: E402
 LIVE_DIR = ROOT / "var" / "bench-live"
 PHASES = ("whisper", "backlog", "synthetic", "whisperlive")
 # Proposed changes to measure before making them (bench/whatif/sitecustomize.py).
-WHAT_IFS = ("livedispatch", "livepriority", *pl.WHAT_IFS)
+WHAT_IFS = ("livedispatch", "livepriority", "executor", "looplag", *pl.WHAT_IFS)
 RATE = live_clips.SAMPLE_RATE
 
 # Targets (issue 15, item 7), for a 2-core machine at real time.

@@ -38,6 +38,14 @@ For bench/live.py --what-if:
               the kombu Redis transport reads a worker's queues in the order given
               (queue_order_strategy "priority") instead of in turn: a live worker
               (-Q live,live_partial) takes a waiting final before any partial.
+  executor    the web's default thread pool (sync_to_async without thread
+              sensitivity: every Celery publish of the live door) cut to
+              KIKI_WHAT_IF_EXECUTOR threads (1): does the GIL those threads take
+              starve the event loop? (No: at 500 streams finals then wait for the
+              one thread's Redis round trips, and start messages time out.)
+  looplag     not a change, a probe: the web prints its event loop's lag (p50 and
+              max of a 50 ms sleep's overshoot) and its task count every 2 s to
+              its log.
 """
 
 from __future__ import annotations
@@ -134,6 +142,59 @@ def _patch_asr_apps(apps: Any) -> None:
     apps.AsrConfig.ready = ready_without_push
 
 
+def _patch_executor(asgi: Any) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = asgi.application
+    done: set[Any] = set()
+    size = int(os.environ.get("KIKI_WHAT_IF_EXECUTOR", "1"))
+
+    async def with_small_executor(scope: Any, receive: Any, send: Any) -> None:
+        loop = asyncio.get_running_loop()
+        if loop not in done:
+            done.add(loop)
+            loop.set_default_executor(ThreadPoolExecutor(size))
+        await app(scope, receive, send)
+
+    asgi.application = with_small_executor
+
+
+def _patch_looplag(asgi: Any) -> None:
+    import asyncio
+    import time
+
+    app = asgi.application
+    started: set[Any] = set()
+
+    async def monitor() -> None:
+        lags: list[float] = []
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.05)
+            lags.append(time.monotonic() - t - 0.05)
+            if len(lags) >= 40:
+                lags.sort()
+                n = len(asyncio.all_tasks())
+                print(
+                    f"looplag p50 {lags[20] * 1000:.0f} ms max {lags[-1] * 1000:.0f}"
+                    f" ms tasks {n}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                lags = []
+
+    async def with_monitor(scope: Any, receive: Any, send: Any) -> None:
+        loop = asyncio.get_running_loop()
+        if loop not in started:
+            started.add(loop)
+            task = asyncio.ensure_future(monitor())
+            started.add(task)
+        await app(scope, receive, send)
+
+    asgi.application = with_monitor
+
+
 def _patch_asgi(asgi: Any) -> None:
     import asyncio
 
@@ -154,6 +215,10 @@ if "av" in FIXES:
     _after_import("av", _patch_av)
 if "webconcurrency" in FIXES:
     _after_import("kikipounamu.asgi", _patch_asgi)
+if "executor" in FIXES:
+    _after_import("kikipounamu.asgi", _patch_executor)
+if "looplag" in FIXES:
+    _after_import("kikipounamu.asgi", _patch_looplag)
 if "livedispatch" in FIXES:
     _after_import("asr.realtime.live", _patch_live)
 if "norealtime" in FIXES:
