@@ -175,6 +175,7 @@ class LiveApi:
         self.base = base
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Token {token}"
+        self.accepted: list[str] = []
 
     def url(self, path: str) -> str:
         return f"{self.base}{path}"
@@ -184,12 +185,15 @@ class LiveApi:
     ) -> requests.Response:
         path = Path(path)
         with path.open("rb") as fh:
-            return self.session.post(
+            response = self.session.post(
                 self.url("/api/v1/transcriptions"),
                 files={"file": (name or path.name, fh)},
                 data=data,
                 timeout=30,
             )
+        if response.status_code == 202:
+            self.accepted.append(response.json()["id"])
+        return response
 
     def get(self, job_id: str) -> dict[str, Any]:
         response = self.session.get(
@@ -207,13 +211,33 @@ class LiveApi:
             time.sleep(0.1)
         raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
 
+    def settle(self, timeout: float = 60) -> None:
+        """Wait (bounded, quietly) until every job this client had accepted is done.
+        A job still being written when the test's database is flushed can deadlock
+        PostgreSQL's TRUNCATE against the worker's transaction, and the flush fails."""
+        deadline = time.monotonic() + timeout
+        for job_id in self.accepted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                self.wait(job_id, timeout=left)
+            except (TimeoutError, requests.RequestException):
+                return
+
 
 @pytest.fixture
-def live_api(transactional_db: Any, web: str) -> LiveApi:
-    """The live API as a fresh user. Jobs it submits run if a `worker` is in use."""
+def live_api(
+    request: pytest.FixtureRequest, transactional_db: Any, web: str
+) -> Iterator[LiveApi]:
+    """The live API as a fresh user. Jobs it submits run if a `worker` is in use,
+    and are let finish before the test's database is flushed."""
     user = UserFactory()
     token = Token.objects.create(user=user)
-    return LiveApi(web, token.key)
+    api = LiveApi(web, token.key)
+    yield api
+    if "worker" in request.fixturenames:
+        api.settle()
 
 
 @pytest.fixture(scope="module")
