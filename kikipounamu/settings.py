@@ -259,6 +259,10 @@ LIVE_VAD_MODE = env.int("LIVE_VAD_MODE", default=3)
 # final waits for its own whisper call; on, a pause that speech resumes after costs
 # a call for nothing.
 LIVE_PREPARE = env.bool("LIVE_PREPARE", default=True)
+# Whisper encodes a live utterance in a window fitted to it (its length and 6 s)
+# rather than its full 30 s: about a third of the call's cost at the same WER
+# (asr/engines/whisper_window.py, bench/whisper_window.py). Other engines ignore it.
+LIVE_FITTED_WINDOW = env.bool("LIVE_FITTED_WINDOW", default=True)
 # A partial is asked for after this much new speech, one at a time per stream.
 LIVE_PARTIAL_INTERVAL = env.float("LIVE_PARTIAL_INTERVAL", default=0.6)
 # Threads per live worker process (the Procfile runs LIVE_WORKER_CONCURRENCY of

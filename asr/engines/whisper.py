@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from asr.engines import whisper_window
 from asr.engines.base import EngineError
 from asr.engines.base import Segment
 from asr.engines.base import SequentialBatchMixin
@@ -63,6 +64,8 @@ class WhisperEngine(SequentialBatchMixin):
 
     ``vad_filter`` (default on) drops non-speech with faster-whisper's Silero VAD
     before decoding; a ``transcribe`` call may pass ``vad_filter`` to override it.
+    ``fitted_window`` asks for a short clip to be encoded in a window fitted to it
+    rather than Whisper's 30 s (asr/engines/whisper_window.py), where it can be.
     """
 
     name = "whisper"
@@ -146,6 +149,25 @@ class WhisperEngine(SequentialBatchMixin):
         # 0 or none: faster-whisper's fallback (0.0, then higher temperatures for a
         # window that decodes badly), which is what OpenAI documents for 0.
         temperature = options.get("temperature") or None
+        hotwords = options.get("hotwords") or None
+        initial_prompt = options.get("prompt") or None
+        if (
+            options.get("fitted_window")
+            and not (vad_filter or want_words or want_details or temperature)
+            and whisper_window.fits(samples, sample_rate)
+        ):
+            fitted = whisper_window.transcribe(
+                self._model,
+                samples,
+                language=language,
+                beam_size=options.get("beam_size", self.beam_size),
+                prompt=" ".join(p for p in (initial_prompt, hotwords) if p) or None,
+            )
+            if fitted is not None:
+                if on_segment is not None:
+                    for segment in fitted.segments:
+                        on_segment(segment)
+                return fitted
         segments_iter, info = self._model.transcribe(
             samples,
             language=language,
@@ -166,8 +188,8 @@ class WhisperEngine(SequentialBatchMixin):
             # changes with any change to its input, for better and worse alike.
             vad_filter=vad_filter,
             # Words to favour (a live session's hot words), as a prompt would.
-            hotwords=options.get("hotwords") or None,
-            initial_prompt=options.get("prompt") or None,
+            hotwords=hotwords,
+            initial_prompt=initial_prompt,
             **({"temperature": float(temperature)} if temperature else {}),
         )
         segments = []

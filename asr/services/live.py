@@ -125,6 +125,7 @@ def _engine_options(state: dict[str, str], *, partial: bool) -> dict[str, Any]:
     # No second VAD pass over audio the web's VAD already cut to speech (whisper's
     # filter also turns on word timestamps, an alignment pass per call).
     options["vad_filter"] = False
+    options["fitted_window"] = settings.LIVE_FITTED_WINDOW
     if partial:
         # A partial is replaced within a second: greedy decoding.
         options["beam_size"] = 1

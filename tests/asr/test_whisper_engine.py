@@ -4,6 +4,7 @@ nobody speaks, on speech, and on speech among pauses: no worker, no Django."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from asr import worker
 from asr.engines import Segment
 from asr.engines import load_engine
+from asr.engines import whisper_window
 from asr.engines.whisper import WhisperEngine
 from tests.asr import quiet_audio
 from tests.audio_files import speech
@@ -189,3 +191,150 @@ def test_the_worker_passes_asr_whisper_vad_to_the_engine(settings: Any) -> None:
     assert worker.engine_options()["vad_filter"] is False
     settings.ASR_WHISPER_VAD = True
     assert worker.engine_options()["vad_filter"] is True
+
+
+# The window fitted to a short clip (asr/engines/whisper_window.py), as live calls
+# ask for it: the same text as the full 30 s window, segments inside the clip, and
+# the full window where the fitted one cannot be trusted or cannot be used.
+LIVE = {"vad_filter": False, "fitted_window": True}
+
+
+@needs_espeak
+@pytest.mark.parametrize("index", [1, 3])
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_a_sentence_in_a_fitted_window_reads_as_in_the_full_one(
+    unfiltered_engine: WhisperEngine,
+    spoken: dict[int, np.ndarray],
+    index: int,
+    beam_size: int,
+) -> None:
+    clip = spoken[index]
+
+    fitted = unfiltered_engine.transcribe(clip, SR, None, beam_size=beam_size, **LIVE)
+    full = unfiltered_engine.transcribe(
+        clip, SR, None, beam_size=beam_size, vad_filter=False
+    )
+
+    seconds = clip.size / SR
+    assert fitted.meta["window_seconds"] == pytest.approx(
+        seconds + whisper_window.PADDING_SECONDS, abs=0.05
+    )
+    assert "window_seconds" not in full.meta
+    assert word_error_rate([SENTENCES[index]], [fitted.text]) <= WER_BOUND, fitted.text
+    assert word_error_rate([full.text], [fitted.text]) <= WER_BOUND, (
+        fitted.text,
+        full.text,
+    )
+    assert fitted.segments and fitted.language == "en"
+    assert " ".join(s.text for s in fitted.segments) == fitted.text
+    for segment in fitted.segments:
+        assert 0 <= segment.start <= segment.end <= seconds
+
+
+@needs_espeak
+def test_hot_words_reach_the_fitted_decode_as_a_prompt(
+    unfiltered_engine: WhisperEngine, spoken: dict[int, np.ndarray], monkeypatch: Any
+) -> None:
+    prompts: list[list[int]] = []
+    generate = unfiltered_engine._model.model.generate
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def generate(self, encoded: Any, start: list[list[int]], **kw: Any) -> Any:
+            prompts.append(start[0])
+            return generate(encoded, start, **kw)
+
+    real = unfiltered_engine._model.model
+    monkeypatch.setattr(unfiltered_engine._model, "model", Spy())
+
+    result = unfiltered_engine.transcribe(
+        spoken[1], SR, None, hotwords="Stella", **LIVE
+    )
+
+    assert "window_seconds" in result.meta
+    tokenizer = whisper_window_tokenizer(unfiltered_engine)
+    assert prompts[0][0] == tokenizer.sot_prev
+    assert (
+        tokenizer.decode(prompts[0][1 : prompts[0].index(tokenizer.sot)]).strip()
+        == "Stella"
+    )
+
+
+def whisper_window_tokenizer(engine: WhisperEngine) -> Any:
+    from faster_whisper.tokenizer import Tokenizer
+
+    return Tokenizer(engine._model.hf_tokenizer, False, task="transcribe")
+
+
+@needs_espeak
+def test_what_cannot_use_a_fitted_window_gets_the_full_one(
+    unfiltered_engine: WhisperEngine, spoken: dict[int, np.ndarray]
+) -> None:
+    # A clip too long for the padding, and calls that want what only
+    # faster-whisper's own path gives (word times, its VAD filter, a temperature).
+    long_clip = np.concatenate([spoken[1], np.zeros(25 * SR, np.float32)])
+    calls = [
+        (long_clip, LIVE),
+        (spoken[1], {**LIVE, "word_timestamps": True}),
+        (spoken[1], {**LIVE, "vad_filter": True}),
+        (spoken[1], {**LIVE, "temperature": 0.4}),
+    ]
+    for clip, options in calls:
+        result = unfiltered_engine.transcribe(clip, SR, None, **options)
+        assert "window_seconds" not in result.meta, options
+        assert word_error_rate([SENTENCES[1]], [result.text]) <= WER_BOUND
+
+
+@needs_espeak
+def test_a_decode_faster_whisper_would_retry_goes_to_the_full_window(
+    unfiltered_engine: WhisperEngine, spoken: dict[int, np.ndarray], monkeypatch: Any
+) -> None:
+    # A repetition loop compresses well: faster-whisper would decode again hotter.
+    monkeypatch.setattr(whisper_window, "COMPRESSION_RATIO_LIMIT", 0.5)
+    assert (
+        whisper_window.transcribe(
+            unfiltered_engine._model, spoken[1], language=None, beam_size=5, prompt=None
+        )
+        is None
+    )
+
+    result = unfiltered_engine.transcribe(spoken[1], SR, None, **LIVE)
+
+    assert "window_seconds" not in result.meta
+    assert word_error_rate([SENTENCES[1]], [result.text]) <= WER_BOUND
+
+
+@dataclass
+class Tokens:
+    """Just what segments_of reads of a tokenizer: text tokens below eot, special
+    tokens from eot, timestamps from timestamp_begin; a text token is its letter."""
+
+    eot: int = 100
+    timestamp_begin: int = 200
+
+    def decode(self, tokens: list[int]) -> str:
+        return "".join(chr(ord("a") + t) for t in tokens if t < self.eot)
+
+
+def at(seconds: float) -> int:
+    return Tokens.timestamp_begin + round(seconds / whisper_window.TIME_PRECISION)
+
+
+def test_timestamp_tokens_become_segments_inside_the_clip() -> None:
+    tokens = [at(0), 0, 1, at(1.5), at(1.5), 2, at(2.4), at(3.0), 3, 4]
+
+    segments = whisper_window.segments_of(tokens, Tokens(), duration=2.8)
+
+    assert [(s.start, s.end, s.text) for s in segments] == [
+        (0.0, 1.5, "ab"),
+        (1.5, 2.4, "c"),
+        # Past the clip's end, kept inside it; text with no closing time runs to it.
+        (2.8, 2.8, "de"),
+    ]
+    assert whisper_window.segments_of([Tokens.eot], Tokens(), duration=1.0) == []
+    assert [
+        (s.start, s.end, s.text)
+        for s in whisper_window.segments_of([0, 1, at(0.5)], Tokens(), duration=1.0)
+    ] == [(0.0, 0.5, "ab")]
