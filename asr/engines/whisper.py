@@ -65,7 +65,9 @@ class WhisperEngine(SequentialBatchMixin):
     ``vad_filter`` (default on) drops non-speech with faster-whisper's Silero VAD
     before decoding; a ``transcribe`` call may pass ``vad_filter`` to override it.
     ``fitted_window`` asks for a short clip to be encoded in a window fitted to it
-    rather than Whisper's 30 s (asr/engines/whisper_window.py), where it can be.
+    rather than Whisper's 30 s (asr/engines/whisper_window.py), where it can be;
+    with ``retry_hotter`` false, its decode is kept even where faster-whisper
+    would decode again at higher temperatures.
     """
 
     name = "whisper"
@@ -162,6 +164,7 @@ class WhisperEngine(SequentialBatchMixin):
                 language=language,
                 beam_size=options.get("beam_size", self.beam_size),
                 prompt=" ".join(p for p in (initial_prompt, hotwords) if p) or None,
+                retry=bool(options.get("retry_hotter", True)),
             )
             if fitted is not None:
                 if on_segment is not None:

@@ -14,7 +14,9 @@ Only the plain case is done here (no word times, no VAD filter, no temperature
 asked for): one decode at temperature 0, its segments from Whisper's own timestamp
 tokens. A decode faster-whisper would have retried at a higher temperature (a
 repetition loop, a low log-probability) returns None, and the caller transcribes
-the clip the usual way instead.
+the clip the usual way instead, unless told not to retry: that way costs up to six
+30 s decodes (3.6-4.1 s on one thread, bench/live.py's backlog phase), and a live
+partial of half a sentence fails the checks often and is replaced within a second.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 # Silence after the speech, in seconds (bench/whisper_window.py's sweep: 4-7 s all
-# matched the full window; less hallucinates, more only costs).
+# matched the full window; less hallucinates, more only costs). A clip too long for
+# all of it inside the 30 s window gets what is left, down to the least.
 PADDING_SECONDS = 6.0
+LEAST_PADDING_SECONDS = 4.0
 # Whisper's window, in feature frames of 10 ms.
 FULL_FRAMES = 3000
 FRAMES_PER_SECOND = 100
@@ -54,7 +58,7 @@ TIME_PRECISION = 0.02
 def fits(samples: np.ndarray, sample_rate: int) -> bool:
     """Whether the clip leaves room for the padding inside Whisper's window."""
     seconds = len(samples) / sample_rate
-    return 0 < seconds <= FULL_FRAMES / FRAMES_PER_SECOND - PADDING_SECONDS
+    return 0 < seconds <= FULL_FRAMES / FRAMES_PER_SECOND - LEAST_PADDING_SECONDS
 
 
 def compression_ratio(text: str) -> float:
@@ -69,9 +73,10 @@ def transcribe(
     language: str | None,
     beam_size: int,
     prompt: str | None,
+    retry: bool = True,
 ) -> TranscriptionResult | None:
-    """The clip's text from one decode of a fitted window, or None where
-    faster-whisper would have decoded again (the caller's usual path then)."""
+    """The clip's text from one decode of a fitted window, or (with ``retry``) None
+    where faster-whisper would have decoded again (the caller's usual path then)."""
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -121,18 +126,16 @@ def transcribe(
     text = tokenizer.decode(text_tokens_only).strip()
     # faster-whisper's average log-probability of a sequence (length penalty 1).
     avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+    meta = {"window_seconds": round(frames / FRAMES_PER_SECOND, 2)}
     if result.no_speech_prob > NO_SPEECH_LIMIT and avg_logprob < LOG_PROB_LIMIT:
-        return TranscriptionResult(text="", language=language or "en", segments=[])
-    if (
+        return TranscriptionResult("", language or "en", [], meta)
+    if retry and (
         compression_ratio(text) > COMPRESSION_RATIO_LIMIT
         or avg_logprob < LOG_PROB_LIMIT
     ):
         return None
     return TranscriptionResult(
-        text=text,
-        language=language or "en",
-        segments=segments_of(tokens, tokenizer, duration),
-        meta={"window_seconds": round(frames / FRAMES_PER_SECOND, 2)},
+        text, language or "en", segments_of(tokens, tokenizer, duration), meta
     )
 
 

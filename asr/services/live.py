@@ -127,8 +127,11 @@ def _engine_options(state: dict[str, str], *, partial: bool) -> dict[str, Any]:
     options["vad_filter"] = False
     options["fitted_window"] = settings.LIVE_FITTED_WINDOW
     if partial:
-        # A partial is replaced within a second: greedy decoding.
+        # A partial is replaced within a second: greedy decoding, and no decoding
+        # again at higher temperatures (up to 4 s of a live process, in front of
+        # finals) for half a sentence that reads badly.
         options["beam_size"] = 1
+        options["retry_hotter"] = False
     return options
 
 

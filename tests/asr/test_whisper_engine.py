@@ -305,6 +305,11 @@ def test_a_decode_faster_whisper_would_retry_goes_to_the_full_window(
     assert "window_seconds" not in result.meta
     assert word_error_rate([SENTENCES[1]], [result.text]) <= WER_BOUND
 
+    # A partial asks for no retry: the one decode is kept.
+    kept = unfiltered_engine.transcribe(spoken[1], SR, None, retry_hotter=False, **LIVE)
+    assert "window_seconds" in kept.meta
+    assert word_error_rate([SENTENCES[1]], [kept.text]) <= WER_BOUND
+
 
 @dataclass
 class Tokens:
