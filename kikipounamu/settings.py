@@ -271,8 +271,8 @@ LIVE_PARTIAL_INTERVAL = env.float("LIVE_PARTIAL_INTERVAL", default=0.6)
 # process of several threads (bench/live.py: 4 streams on 2 cores, final p50 1.33 s
 # with 1 x 2 threads, 0.99 s with 2 x 1).
 LIVE_THREADS = env.int("LIVE_THREADS", default=1)
-# No stream asks for a partial while this many wait in the live_partial queue: the
-# live workers are behind, and partials are what can be dropped.
+# No stream asks for a partial or a prepare while this many wait in the live_partial
+# queue: the live workers are behind, and those are what can be left undone.
 LIVE_PARTIAL_BACKLOG = env.int("LIVE_PARTIAL_BACKLOG", default=2)
 # FunASR's clients send no credentials: accepted from these networks without a token.
 LIVE_TRUSTED_NETWORKS = env.list(

@@ -587,25 +587,30 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self._flush()
         ep = self.endpointer
         likely_end = ep.likely_end()
-        if (
-            settings.LIVE_PREPARE
-            and likely_end is not None
-            and self.prepared != (self.open_index, likely_end)
-        ):
-            await self._prepare(likely_end)
+        if likely_end is not None:
+            if (
+                settings.LIVE_PREPARE
+                and self.prepared != (self.open_index, likely_end)
+                and await self._workers_keep_up()
+            ):
+                await self._prepare(likely_end)
             return
         if (
             self.wants_partials
             and ep.in_speech
-            and likely_end is None
             and self.partial_in_flight is None
             and ep.position - max(self.partial_end, ep.speech_start)
             >= settings.LIVE_PARTIAL_INTERVAL * RATE
-            # Live workers that fall behind get no more partials to do until they
-            # catch up: finals go first anyway, and a partial that waits is stale.
-            and await live_store.partial_backlog() < settings.LIVE_PARTIAL_BACKLOG
+            and await self._workers_keep_up()
         ):
             await self._ask_partial()
+
+    async def _workers_keep_up(self) -> bool:
+        """Whether work that may be left undone (a partial, a prepare) is asked for.
+        Live workers that fall behind get none until they catch up: finals go first
+        anyway, a partial that waits is stale, and a prepare would only be a second
+        final's worth of work in front of the final."""
+        return await live_store.partial_backlog() < settings.LIVE_PARTIAL_BACKLOG
 
     async def _flush(self) -> None:
         if self.pending:
@@ -633,8 +638,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         """A pause began: transcribe the utterance as it would end now, ahead of the
         end point (LIVE_ENDPOINT_SILENCE_MS later). If the pause lasts, the final
         finds that text ready; if speech resumes, it was a partial's worth of work.
-        Whisper's cost per call hardly depends on the audio's length (it always
-        encodes 30 s), so this takes most of a final's compute off its latency."""
+        This takes most of a final's compute off its latency."""
         await self._flush()
         self.prepared = (self.open_index, end)
         await self._enqueue(
