@@ -250,13 +250,19 @@ def main() -> int:
     print(f"  WER of the completed transcripts: {wer:.1%}")
     # The floor under the first delta: a word goes out once two partials in a row
     # agree on it (asr/realtime/stable_text.py), one partial in flight per stream,
-    # so both must run after the first word is said.
+    # the first asked for after LIVE_AGREED_PARTIAL_INTERVAL of speech (once the
+    # first word is said), the next that much later, and its answer a call after.
+    from django.conf import settings
+
     word = 60 / statistics.fmean(live_clips.WORDS_PER_MINUTE)
+    interval = settings.LIVE_AGREED_PARTIAL_INTERVAL
+    floor = max(word, interval) + interval + call
     rate = opts.live_concurrency / call
     print(
         f"  reference: one whisper call here (LIVE_THREADS={opts.live_threads}, as"
-        f" the live worker's) {call:.2f} s; floor for one stream alone: first word"
-        f" {word:.2f} s + 2 calls = {word + 2 * call:.2f} s; the live worker's"
+        f" the live worker's) {call:.2f} s; floor for one stream alone: partials"
+        f" after max(first word {word:.2f} s, {interval:.2f} s) and {interval:.2f} s"
+        f" more of speech, + 1 call = {floor:.2f} s; the live worker's"
         f" {opts.live_concurrency} processes make at most {rate:.1f} calls a"
         f" second, {rate / opts.streams:.2f} per stream (partials, prepares, finals)"
     )

@@ -265,6 +265,12 @@ LIVE_PREPARE = env.bool("LIVE_PREPARE", default=True)
 LIVE_FITTED_WINDOW = env.bool("LIVE_FITTED_WINDOW", default=True)
 # A partial is asked for after this much new speech, one at a time per stream.
 LIVE_PARTIAL_INTERVAL = env.float("LIVE_PARTIAL_INTERVAL", default=0.6)
+# The same for the OpenAI and FunASR doors, which send a word only once two partials
+# in a row agree on it, so that their first text waits for two (bench/
+# openai_realtime.py, 4 streams: first delta p50 1.66 s at 0.6, 1.12 s at 0.4, finals
+# p99 0.85 and 0.78 s). Not for every door: at 500 synthetic streams 0.4 s cost the
+# web 25 % more CPU per stream-second, and its frames backed up (bench/live.py).
+LIVE_AGREED_PARTIAL_INTERVAL = env.float("LIVE_AGREED_PARTIAL_INTERVAL", default=0.4)
 # Threads per live worker process (the Procfile runs LIVE_WORKER_CONCURRENCY of
 # them): whisper costs about the same per call whatever the audio's length, and
 # several single-threaded processes keep one free for a final more often than one

@@ -65,6 +65,7 @@ class FunasrLiveConsumer(LiveConsumer):
 
     protocol = "funasr"
     trusted_networks_allowed = True
+    agrees_on_partials = True
     unauthorized_message = (
         "Not from LIVE_TRUSTED_NETWORKS: add an API token to the URL, "
         "ws://host:port/?token=<key>."

@@ -222,6 +222,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
     # Whether partials are asked for while someone speaks (a protocol, or a mode of
     # one, that shows only finals spares the live workers that work).
     wants_partials = True
+    # Whether its text goes out only once two partials in a row agree on it
+    # (asr.realtime.stable_text): then the first words wait for two partials, and
+    # partials are asked for more often (LIVE_AGREED_PARTIAL_INTERVAL).
+    agrees_on_partials = False
 
     # Messages --------------------------------------------------------------------------
 
@@ -600,10 +604,17 @@ class LiveConsumer(AsyncWebsocketConsumer):
             and ep.in_speech
             and self.partial_in_flight is None
             and ep.position - max(self.partial_end, ep.speech_start)
-            >= settings.LIVE_PARTIAL_INTERVAL * RATE
+            >= self._partial_interval
             and await self._workers_keep_up()
         ):
             await self._ask_partial()
+
+    @functools.cached_property
+    def _partial_interval(self) -> float:
+        """Samples of new speech before the next partial is asked for."""
+        if self.agrees_on_partials:
+            return settings.LIVE_AGREED_PARTIAL_INTERVAL * RATE
+        return settings.LIVE_PARTIAL_INTERVAL * RATE
 
     async def _workers_keep_up(self) -> bool:
         """Whether work that may be left undone (a partial, a prepare) is asked for.

@@ -48,6 +48,7 @@ def _event_id() -> str:
 class OpenAIRealtimeConsumer(LiveConsumer):
     protocol = "openai"
     resumable = False
+    agrees_on_partials = True
 
     async def after_accept(self) -> None:
         query = self.scope.get("query_string", b"").decode("latin1")

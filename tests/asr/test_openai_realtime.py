@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,13 @@ def test_the_openai_client_streams_a_clip_and_gets_deltas_and_completed_transcri
             if e.type == "conversation.item.input_audio_transcription.delta"
         ]
         assert deltas, f"no delta for {item.item_id}"
-        # Append-only: the deltas add up to the transcript.
-        assert "".join(deltas) == item.transcript
+        # Append-only: the deltas add up to the transcript's words. Agreement is on
+        # words (asr.realtime.stable_text): a comma two partials had and the final
+        # did not stays sent, as a delta cannot be taken back.
+        assert words("".join(deltas)) == words(item.transcript), (
+            deltas,
+            item.transcript,
+        )
     # Closing ends the session: it is stored as a job.
     job_id = session.removeprefix("sess_")
     deadline = time.monotonic() + 60
@@ -208,3 +214,7 @@ def test_a_bad_token_is_refused(web: str) -> None:
         assert event.type == "error"
         raise RuntimeError(event.error.code)
     assert "unauthorized" in str(caught.value) or "4401" in str(caught.value)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
