@@ -260,7 +260,7 @@ LIVE_VAD_MODE = env.int("LIVE_VAD_MODE", default=3)
 # a call for nothing.
 LIVE_PREPARE = env.bool("LIVE_PREPARE", default=True)
 # Whisper encodes a live utterance in a window fitted to it (its length and 6 s)
-# rather than its full 30 s: about a third of the call's cost at the same WER
+# rather than its full 30 s: about a third of the call's cost at about the same WER
 # (asr/engines/whisper_window.py, bench/whisper_window.py). Other engines ignore it.
 LIVE_FITTED_WINDOW = env.bool("LIVE_FITTED_WINDOW", default=True)
 # A partial is asked for after this much new speech, one at a time per stream.

@@ -5,10 +5,12 @@ For tiny.en on one CPU thread that is 0.40-0.48 s of a 0.6 s call, whatever the
 clip's length, and a live stream asks for a call per partial and per final.
 CTranslate2 (4.x) encodes shorter windows too, at a cost in proportion: 4 s of
 speech with 6 s of padding costs 0.07 s to encode. Whisper was trained on padded
-30 s windows, so a window cut at the speech hallucinates (bench/whisper_window.py:
-WER 0.82 with no padding, 0.22 with 1 s); with 6 s of silence after the speech it
-transcribes as well as with the full window (0.095 against 0.104 on tests/speech.py's
-sentences) at a third of the cost.
+30 s windows, so a window cut at the speech hallucinates (WER 0.82 with no padding,
+0.17-0.22 with 1 s, on tests/speech.py's sentences); with 6 s of silence after the
+speech it reads about as well as the full window at a third of the cost
+(bench/whisper_window.py, 36 clips: 0.134 against 0.120, 178 against 627 ms; other
+cuts of the same sentences 0.095 against 0.104; bench/live.py's finals 9.7 % against
+11.3 %).
 
 Only the plain case is done here (no word times, no VAD filter, no temperature
 asked for): one decode at temperature 0, its segments from Whisper's own timestamp
